@@ -1,0 +1,54 @@
+"""Step ``ingest``: raw records of the events topic -> valid interactions + dead letters.
+
+Pure: the Faust agent hands it records and sends what it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.events import DeadLetter, Interaction
+from schemas.wire import Serde, decode_events
+
+STEP = "ingest.decode"
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class Ingested:
+    events: list[Interaction]
+    dead: list[DeadLetter]
+
+
+def ingest(
+    records: list[RawRecord], serde: Serde, *, max_bytes: int, max_events: int, now: datetime
+) -> Ingested:
+    """Decode and validate every record; never raises on input. Good events keep their order."""
+    out = Ingested([], [])
+    for rec in records:
+        decoded = decode_events(rec.value, serde, max_bytes=max_bytes, max_events=max_events)
+        out.events.extend(decoded.events)
+        for bad in decoded.rejected:
+            raw = bad.raw if bad.raw is not None else (rec.value or b"")
+            if bad.reason == "oversized":
+                raw = raw[:4096]  # keep the head for diagnosis, not the whole payload
+            out.dead.append(dead_letter(rec, STEP, bad.reason, bad.error, raw, now, bad.index))
+    return out
+
+
+def dead_letter(
+    rec: RawRecord, step: str, reason: str, error: str, raw: bytes, now: datetime, index: int | None = None
+) -> DeadLetter:
+    return DeadLetter(
+        topic=rec.topic, partition=rec.partition, offset=rec.offset, step=step, reason=reason,
+        error=error[:2000], index=index, key=rec.key, raw=raw, received_at=now,
+    )

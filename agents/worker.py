@@ -1,0 +1,139 @@
+"""The Encore worker: one Faust app with the ingest -> recommend pipeline.
+
+Run: ``python -m agents.worker`` (settings from ENCORE_* environment variables).
+Each batch taken from the events topic is decoded (bad records -> DLQ), fed to the
+recommender, and its outputs are delivered before the batch's offsets are acknowledged
+(at-least-once; every effect is idempotent by event_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from agents.ingest import RawRecord, dead_letter, ingest
+from agents.recommend import Recommender
+from online_models.catalogue import Catalogue
+from online_models.popularity import ContextPopularity
+from schemas.wire import SchemaCatalogue, Serde
+from streams.app import create_app
+from streams.settings import Settings, load_settings
+from streams.simulator import synthetic_catalogue
+from streams.topics import DLQ, EVENTS, RECOMMENDATIONS
+
+log = logging.getLogger("encore.worker")
+
+
+def load_catalogue(spec: str) -> Catalogue:
+    """``synthetic:SEED:N`` builds the simulator's catalogue; anything else is a JSONL path."""
+    if spec.startswith("synthetic:"):
+        _, seed, n = spec.split(":")
+        return synthetic_catalogue(int(seed), int(n))
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"catalogue {spec} not found; set ENCORE_CATALOGUE to a JSONL file "
+                                "or synthetic:SEED:N")
+    return Catalogue.from_jsonl(path)
+
+
+class Metrics:
+    """Domain metrics; Faust's own sensor adds the stream-level ones to the same registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter("encore_events_total", "Valid interactions ingested", ["kind"], registry=registry)
+        self.records = Counter("encore_records_total", "Records read from the events topic", registry=registry)
+        self.dead = Counter("encore_dead_letters_total", "Records sent to the DLQ", ["reason"], registry=registry)
+        self.slates = Counter("encore_recommendations_total", "Slates published", ["policy"], registry=registry)
+        self.duplicates = Counter("encore_duplicate_events_total", "Events skipped as already seen", registry=registry)
+        self.batch = Histogram("encore_batch_records", "Records per processed batch", registry=registry,
+                               buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000))
+        self.batch_seconds = Histogram("encore_batch_seconds", "Time to process and deliver one batch",
+                                       registry=registry)
+
+
+def build(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
+    """The app with its agents and web pages registered (explicitly, no autodiscovery)."""
+    app = create_app(settings)
+    registry = registry or CollectorRegistry()
+    setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
+    metrics = Metrics(registry)
+    serde = Serde(SchemaCatalogue(settings.schema_registry_url))
+    catalogue = load_catalogue(settings.catalogue)
+    recommender = Recommender(
+        catalogue, ContextPopularity(catalogue, temperature=settings.popularity_temperature),
+        slate_size=settings.slate_size, dedupe_window=settings.dedupe_window,
+    )
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(settings.topic(EVENTS.name), partitions=settings.partitions, **raw)
+    dlq_topic = app.topic(settings.topic(DLQ.name), partitions=settings.partitions, **raw)
+    recs_topic = app.topic(settings.topic(RECOMMENDATIONS.name), partitions=settings.partitions, **raw)
+    state = {"batches": 0}
+
+    @app.agent(events_topic, name="ingest")
+    async def ingest_agent(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(settings.take_max, within=settings.take_within_s):
+            started = time.perf_counter()
+            now = datetime.now(UTC)
+            records = [
+                RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                for e in batch
+            ]
+            result = ingest(records, serde, max_bytes=settings.max_record_bytes,
+                            max_events=settings.max_batch_events, now=now)
+            try:
+                slates = recommender.process(result.events, now)
+            except Exception as exc:  # a bug must not stop the stream: park the batch, say why
+                log.exception("step=recommend partition=%s offsets=%s..%s failed",
+                              records[0].partition, records[0].offset, records[-1].offset)
+                slates = []
+                result.dead.extend(
+                    dead_letter(r, "recommend", "processing_error", f"{type(exc).__name__}: {exc}",
+                                r.value or b"", now) for r in records
+                )
+            pending = []
+            for letter in result.dead:
+                metrics.dead.labels(letter.reason).inc()
+                pending.append(await dlq_topic.send(key=letter.key, value=serde.encode(letter)))
+            for slate in slates:
+                pending.append(await recs_topic.send(key=slate.user_id.encode(), value=serde.encode(slate)))
+                metrics.slates.labels(slate.policy_id).inc()
+            await asyncio.gather(*pending)  # delivered before this batch's offsets are acked
+            for event in result.events:
+                metrics.events.labels(str(event.kind)).inc()
+            metrics.records.inc(len(records))
+            metrics.duplicates.inc(recommender.duplicates - metrics.duplicates._value.get())
+            metrics.batch.observe(len(records))
+            metrics.batch_seconds.observe(time.perf_counter() - started)
+            state["batches"] += 1
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic.get_topic_name())
+        ready = bool(assigned) and not app.rebalancing
+        return web.json({"ready": ready, "partitions": assigned, "batches": state["batches"]},
+                        status=200 if ready else 503)
+
+    return app
+
+
+def main() -> None:
+    from faust.worker import Worker
+
+    settings = load_settings()
+    app = build(settings)
+    Worker(app, loglevel="info", workdir=str(settings.state_dir)).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

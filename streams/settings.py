@@ -1,0 +1,90 @@
+"""One frozen settings object for every process, read from the environment first.
+
+Every address Encore talks to lives here, so the same code runs against the local stack
+(tansu, a loopback Redis, an embedded chDB store) or against real Kafka / Redis / ClickHouse:
+set ``ENCORE_KAFKA_BOOTSTRAP``, ``ENCORE_REDIS_URL`` and ``ENCORE_CLICKHOUSE_DSN``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Encore configuration. Each field is read from ``ENCORE_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="ENCORE_", frozen=True, extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    clickhouse_dsn: str = f"chdb:///{ROOT / 'var' / 'chdb'}"
+    schema_registry_url: str | None = None
+    state_dir: Path = ROOT / "var"
+
+    # --- topics --------------------------------------------------------------------------
+    topic_prefix: str = ""
+    partitions: int = Field(4, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1)
+
+    # --- worker -------------------------------------------------------------------------
+    app_id: str = "encore"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    take_max: int = Field(500, ge=1, description="records per stream.take_events batch")
+    take_within_s: float = Field(0.05, gt=0)
+    max_record_bytes: int = Field(1_048_576, ge=256, description="larger records go to the DLQ")
+    max_batch_events: int = Field(1000, ge=1, description="events allowed in one batch record")
+    session_timeout_s: float = Field(6.0, gt=0, description="see INFRA: tansu joins take half of it")
+
+    # --- recommender -------------------------------------------------------------------
+    policy: str = "popularity"
+    slate_size: int = Field(10, ge=1, le=100)
+    catalogue: str = Field("synthetic:7:2000", description="'synthetic:SEED:N' or a JSONL path")
+    popularity_temperature: float = Field(1.0, gt=0)
+    dedupe_window: int = Field(1_000_000, ge=1, description="event ids remembered per worker")
+
+    # --- producer SDK --------------------------------------------------------------------
+    producer_linger_ms: int = Field(20, ge=0)
+    producer_batch_events: int = Field(200, ge=1, le=1000)
+
+    def topic(self, base: str) -> str:
+        """The real topic name for a catalogue name (adds the optional prefix)."""
+        return f"{self.topic_prefix}{base}"
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every confluent-kafka client."""
+        conf = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+            )
+        return conf
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides on top (tests use these)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
