@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from pydantic import BaseModel
 
 from schemas.events import EventBatch, Interaction
@@ -171,13 +171,40 @@ class RecordConsumer:
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "enable.auto.commit": True,
+            # tansu holds a fetch until fetch.wait.max.ms even when data is there: keep it short
+            "fetch.wait.max.ms": 10,
             **librdkafka,
         }
         self._consumer = Consumer(conf)
-        self._consumer.subscribe([settings.topic(t) for t in topics])
+        self._from_beginning = from_beginning
+        self._assigned = False
+        self._consumer.subscribe([settings.topic(t) for t in topics], on_assign=self._on_assign)
+        self._pending: list[Message] = []
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Resolve "latest" now, at assignment, rather than lazily at the first fetch: a record
+        # produced between the two would otherwise be skipped. (tansu may answer a little
+        # before the true end: that only re-reads a few old records.)
+        if not self._from_beginning:
+            for tp in partitions:
+                committed = consumer.committed([tp], timeout=10)[0].offset
+                if committed < 0:
+                    tp.offset = consumer.get_watermark_offsets(tp, timeout=10)[1]
+        consumer.assign(partitions)
+        self._assigned = True
+
+    def wait_assigned(self, timeout: float = 30.0) -> None:
+        """Block until the group has given this consumer its partitions (reads nothing yet)."""
+        deadline = time.monotonic() + timeout
+        while not self._assigned:
+            if time.monotonic() > deadline:
+                raise TimeoutError("consumer got no partitions; is the broker up and the topic created?")
+            for msg in self._consumer.consume(1, 0.2):
+                self._pending.append(msg)
 
     def poll_decoded(self, timeout: float = 1.0, max_messages: int = 500) -> Iterator[DecodedMessage]:
-        for msg in self._consumer.consume(max_messages, timeout):
+        msgs, self._pending = self._pending + self._consumer.consume(max_messages, timeout), []
+        for msg in msgs:
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     continue

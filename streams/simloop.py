@@ -1,0 +1,179 @@
+"""The closed loop: simulated listeners ask for slates over Kafka and react to what comes back.
+
+Listeners send ``rec_request`` events through the producer SDK, read their slates from the
+recommendations topic, and answer with plays, skips, likes... (plus the next request, in the
+same batch record) according to their hidden tastes. A small share of malformed records can be
+mixed in to exercise the dead-letter path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from schemas.events import Interaction, Kind, Recommendation
+from streams.client import EventProducer, RecordConsumer
+from streams.settings import Settings
+from streams.simulator import Session, World
+from streams.topics import RECOMMENDATIONS
+
+SIM_START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
+
+#: malformed records the loop can inject; each must end in the DLQ with this reason
+BAD_RECORDS: dict[str, bytes] = {
+    "bad_json": b'{"event_id": "oops", ',
+    "unknown_kind": json.dumps({"user_id": 42, "kind": "no_such_kind"}).encode(),
+    "missing_field": json.dumps({"user_id": "u-x", "kind": "play_start"}).encode(),
+    "wrong_type": json.dumps({
+        "event_id": "4d1c1b1e-0000-4000-8000-000000000001", "user_id": ["not", "a", "string"],
+        "session_id": "s", "occurred_at": "2026-11-24T00:00:00Z", "kind": "like", "track_id": "t-1",
+    }).encode(),
+    "bad_framing": b"\x00\x01",
+}
+
+
+@dataclass
+class LoopStats:
+    requests: int = 0
+    slates: int = 0
+    events: int = 0
+    bad_injected: Counter[str] = field(default_factory=Counter)
+    unmatched_slates: int = 0
+    timed_out: int = 0
+    sessions: int = 0
+    completions: int = 0
+    skips: int = 0
+    reward: float = 0.0
+    oracle_reward: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    completed_tracks: Counter[str] = field(default_factory=Counter)
+    propensity_ok: bool = True
+    wall_s: float = 0.0
+
+    def latency(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+@dataclass
+class _InFlight:
+    session: Session
+    request: Interaction
+    sent: float
+
+
+class ClosedLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        world: World,
+        *,
+        concurrency: int = 200,
+        slate_size: int = 10,
+        bad_rate: float = 0.0,
+        seed: int = 0,
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.settings = settings
+        self.world = world
+        self.concurrency = min(concurrency, len(world.listeners))
+        self.slate_size = slate_size
+        self.bad_rate = bad_rate
+        self.rng = random.Random(seed)
+        self.request_timeout_s = request_timeout_s
+        self.stats = LoopStats()
+        self._idle = deque(world.listeners)
+        self.rng.shuffle(self._idle)
+        self._in_flight: dict[str, _InFlight] = {}
+        self._sim_clock = SIM_START
+        self.producer = EventProducer(settings)
+        self.consumer = RecordConsumer(
+            settings, [RECOMMENDATIONS.name], group_id=f"encore-sim-{uuid.uuid4().hex[:8]}",
+            from_beginning=False,
+        )
+
+    def run(self, seconds: float, on_tick: object | None = None, max_events: int | None = None) -> LoopStats:
+        """Run for ``seconds`` of wall time (or until ``max_events``), then drain in-flight slates."""
+        self.consumer.wait_assigned()
+        start = time.monotonic()
+        deadline = start + seconds
+        while time.monotonic() < deadline and (max_events is None or self.stats.events < max_events):
+            self._fill()
+            self._pump()
+            if on_tick is not None:
+                on_tick(self.stats)  # type: ignore[operator]
+        drain_until = time.monotonic() + self.request_timeout_s
+        while self._in_flight and time.monotonic() < drain_until:
+            self._pump(continue_sessions=False)
+        self.stats.timed_out += len(self._in_flight)
+        self.producer.flush()
+        self.stats.wall_s = time.monotonic() - start
+        return self.stats
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    # --- internals ----------------------------------------------------------------------
+    def _fill(self) -> None:
+        while len(self._in_flight) < self.concurrency and self._idle:
+            listener = self._idle.popleft()
+            self._sim_clock += timedelta(seconds=self.rng.expovariate(1 / 30))
+            session = self.world.start_session(listener, self._sim_clock)
+            self.stats.sessions += 1
+            self._request(session, [])
+
+    def _request(self, session: Session, before: list[Interaction]) -> None:
+        request = self.world.request(session, self.slate_size)
+        self.producer.send_many([*before, request])
+        self._in_flight[session.listener.user_id] = _InFlight(session, request, time.monotonic())
+        self.stats.requests += 1
+        self.stats.events += len(before) + 1
+        if self.bad_rate and self.rng.random() < self.bad_rate:
+            reason = self.rng.choice(sorted(BAD_RECORDS))
+            self.producer.send_raw(session.listener.user_id, BAD_RECORDS[reason])
+            self.stats.bad_injected[reason] += 1
+
+    def _pump(self, continue_sessions: bool = True) -> None:
+        self.producer.poll(0)
+        for msg in self.consumer.poll_decoded(timeout=0.02, max_messages=1000):
+            rec = msg.value
+            flight = self._in_flight.get(msg.key or "")
+            if not isinstance(rec, Recommendation) or flight is None or rec.request_id != flight.request.event_id:
+                self.stats.unmatched_slates += 1
+                continue
+            self._answer(flight, rec, continue_sessions)
+        now = time.monotonic()
+        for user in [u for u, f in self._in_flight.items() if now - f.sent > self.request_timeout_s]:
+            self.stats.timed_out += 1
+            self._idle.append(self._in_flight.pop(user).session.listener)
+
+    def _answer(self, flight: _InFlight, rec: Recommendation, continue_sessions: bool) -> None:
+        stats = self.stats
+        stats.slates += 1
+        stats.latencies_ms.append((time.monotonic() - flight.sent) * 1000)
+        if any(not 0 < item.propensity <= 1 for item in rec.items):
+            stats.propensity_ok = False
+        session = flight.session
+        before = (session.reward, session.oracle_reward, session.completions, session.skips)
+        events = self.world.react(session, rec.rec_id, [item.track_id for item in rec.items])
+        stats.reward += session.reward - before[0]
+        stats.oracle_reward += session.oracle_reward - before[1]
+        stats.completions += session.completions - before[2]
+        stats.skips += session.skips - before[3]
+        stats.completed_tracks.update(e.track_id for e in events if e.kind == Kind.PLAY_END)
+        user = session.listener.user_id
+        if session.active and continue_sessions:
+            self._request(session, events)
+        else:
+            del self._in_flight[user]
+            self.producer.send_many(events)
+            stats.events += len(events)
+            self._idle.append(session.listener)
