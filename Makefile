@@ -1,0 +1,52 @@
+# Encore: every target does its own set-up on a fresh machine.
+#   make demo   stack up + one worker + a minute of simulated listeners + summary
+#   make test   the test suite (starts its own broker / Redis on free loopback ports)
+#   make up / make down   local stack + one worker in the background / stop what up started
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_SECONDS ?= 60
+
+.PHONY: install system-deps up down status demo test lint schemas clean
+
+install: $(STAMP) system-deps
+
+# torch first, pinned, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+system-deps:
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+up: install
+	$(PY) -m deploy.local up
+
+down:
+	@test -x $(PY) && $(PY) -m deploy.local down || echo "nothing to stop"
+
+status: install
+	$(PY) -m deploy.local status
+
+demo: up
+	$(VENV)/bin/encore demo --seconds $(DEMO_SECONDS)
+
+test: install
+	$(PY) -m schemas.avro --check
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+schemas: install
+	$(PY) -m schemas.avro
+
+clean: down
+	rm -rf var

@@ -1,0 +1,294 @@
+"""``encore`` command line: produce, replay, tail, simulate, demo, topics.
+
+    encore produce events.jsonl            # one JSON event (or batch) per line; - for stdin
+    encore replay history.csv --speed 60   # CSV user,track,timestamp[,artist,duration,action]
+    encore tail encore.recommendations     # any topic, decoded (Avro contracts, JSON, bytes)
+    encore simulate --seconds 60           # closed-loop listeners against a running worker
+    encore demo                            # simulate + a readable summary (make demo)
+    encore topics                          # create the topic catalogue, list partitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from schemas.events import Interaction, Kind
+from streams.client import EventProducer, RecordConsumer
+from streams.settings import Settings, load_settings
+from streams.topics import CATALOGUE, create_topics
+
+console = Console()
+REPLAY_NAMESPACE = uuid.UUID("2b7c9a52-90a8-4f5e-bb0f-8d7d1c4a6e31")
+SESSION_GAP = timedelta(minutes=30)
+ACTIONS = {
+    "": Kind.PLAY_END, "play": Kind.PLAY_END, "listen": Kind.PLAY_END, "complete": Kind.PLAY_END,
+    "skip": Kind.SKIP, "like": Kind.LIKE, "love": Kind.LIKE, "dislike": Kind.DISLIKE,
+    "replay": Kind.REPLAY, "playlist_add": Kind.PLAYLIST_ADD, "share": Kind.SHARE,
+    "thumbs_up": Kind.THUMBS_UP, "thumbs_down": Kind.THUMBS_DOWN, "play_start": Kind.PLAY_START,
+}
+
+
+# --- produce ---------------------------------------------------------------------------------
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    """Each line is sent as it is (JSON accepted on the events topic), keyed by its user_id."""
+    src = sys.stdin if args.file == "-" else open(args.file)
+    sent = 0
+    with EventProducer(settings) as producer:
+        for line in src:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                doc = json.loads(line)
+                key = doc.get("user_id") if isinstance(doc, dict) else None
+            except ValueError:
+                key = None  # still sent: the worker dead-letters it with the reason
+            producer.send_raw(str(key) if key is not None else None, line.encode())
+            sent += 1
+    console.print(f"sent {sent} records to {settings.topic('encore.events')}")
+    return 0
+
+
+# --- replay ----------------------------------------------------------------------------------
+def read_history(path: Path) -> Iterator[Interaction]:
+    """CSV columns: user, track, timestamp (ISO 8601 or unix seconds); optional artist,
+    duration (seconds or ms), action (play/skip/like/...). Event ids are derived from the row,
+    so replaying a file twice is idempotent downstream."""
+    sessions: dict[str, tuple[int, datetime]] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"user", "track", "timestamp"} - set(reader.fieldnames or [])
+        if missing:
+            raise SystemExit(f"{path}: missing column(s) {sorted(missing)}; need user,track,timestamp")
+        for n, row in enumerate(reader, start=2):
+            ts = _parse_time(row["timestamp"], path, n)
+            action = (row.get("action") or "").strip().lower()
+            if action not in ACTIONS:
+                raise SystemExit(f"{path}:{n}: unknown action {action!r}; use one of {sorted(ACTIONS)}")
+            user = row["user"].strip()
+            count, last = sessions.get(user, (0, ts))
+            if ts - last > SESSION_GAP:
+                count += 1
+            sessions[user] = (count, ts)
+            duration = row.get("duration") or ""
+            dur_ms = None
+            if duration:
+                value = float(duration)
+                dur_ms = int(value if value > 10_000 else value * 1000)
+            kind = ACTIONS[action]
+            yield Interaction(
+                event_id=uuid.uuid5(REPLAY_NAMESPACE, f"{path.name}:{n}:{user}:{row['track']}:{row['timestamp']}:{action}"),
+                user_id=user, session_id=f"{user}-replay-{count}", occurred_at=ts, kind=kind,
+                track_id=row["track"].strip(), artist_id=(row.get("artist") or None),
+                track_duration_ms=dur_ms, listened_ms=dur_ms if kind == Kind.PLAY_END else None,
+            )
+
+
+def _parse_time(value: str, path: Path, line: int) -> datetime:
+    value = value.strip()
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except ValueError:
+        pass
+    try:
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"{path}:{line}: timestamp {value!r} is neither ISO 8601 nor unix seconds") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Send the history in timestamp order; --speed N replays N times faster than it happened
+    (0 = as fast as possible)."""
+    events = sorted(read_history(Path(args.file)), key=lambda e: e.occurred_at)
+    if not events:
+        console.print("no rows to replay")
+        return 0
+    first, wall0 = events[0].occurred_at, time.monotonic()
+    with EventProducer(settings) as producer, _progress() as bar:
+        task = bar.add_task("replaying", total=len(events))
+        for event in events:
+            if args.speed > 0:
+                due = (event.occurred_at - first).total_seconds() / args.speed
+                delay = due - (time.monotonic() - wall0)
+                if delay > 0:
+                    producer.poll(min(delay, 1.0))
+                    time.sleep(max(0.0, due - (time.monotonic() - wall0)))
+            producer.send(event)
+            bar.advance(task)
+    console.print(f"replayed {len(events)} events from {args.file} into {settings.topic('encore.events')}")
+    return 0
+
+
+# --- tail ------------------------------------------------------------------------------------
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    with RecordConsumer(settings, [args.topic], group_id=f"encore-tail-{uuid.uuid4().hex[:8]}",
+                        from_beginning=args.from_beginning) as consumer:
+        while deadline is None or time.monotonic() < deadline:
+            for msg in consumer.poll_decoded(timeout=0.5):
+                value = msg.value
+                body = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+                if isinstance(body, bytes):
+                    body = body.hex()
+                print(json.dumps({"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                                  "key": msg.key, "type": type(value).__name__, "value": body}), flush=True)
+                seen += 1
+                if args.max and seen >= args.max:
+                    return 0
+    return 0
+
+
+# --- simulate / demo -------------------------------------------------------------------------
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=console, disable=False)
+
+
+def _worker_counts(settings: Settings) -> dict[str, float]:
+    """Sums of the worker's domain counters from its /metrics page ({} if unreachable)."""
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            text = resp.read().decode()
+    except Exception:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("encore_") and not line.startswith("#"):
+            name_labels, _, value = line.rpartition(" ")
+            name = name_labels.split("{")[0]
+            if name.endswith("_total"):
+                key = name_labels if name == "encore_dead_letters_total" else name
+                out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from agents.worker import load_catalogue
+    from streams.simloop import ClosedLoop
+    from streams.simulator import World
+
+    world = World(load_catalogue(settings.catalogue), n_listeners=args.listeners, seed=args.seed)
+    loop = ClosedLoop(settings, world, concurrency=args.concurrency, slate_size=settings.slate_size,
+                      bad_rate=args.bad_rate, seed=args.seed)
+    before = _worker_counts(settings)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("simulating", total=args.seconds, info="")
+            t0 = time.monotonic()
+
+            def tick(stats) -> None:  # type: ignore[no-untyped-def]
+                el = time.monotonic() - t0
+                if stats.requests % 50 == 0:
+                    bar.update(task, completed=min(el, args.seconds),
+                               info=f"{stats.events:,} events · {stats.slates:,} slates · "
+                                    f"{stats.events / max(el, 1e-9):,.0f} ev/s")
+
+            stats = loop.run(args.seconds, on_tick=tick)
+            bar.update(task, completed=args.seconds)
+    finally:
+        loop.close()
+    time.sleep(1.0)  # let the worker finish the last batch before reading its counters
+    after = _worker_counts(settings)
+    return world, stats, {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    world, stats, worker = run_simulation(settings, args)
+    print_summary(settings, world, stats, worker)
+    return 0 if stats.slates and not stats.timed_out else 1
+
+
+def print_summary(settings: Settings, world, stats, worker: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
+    t = Table(title="Encore demo summary", show_header=False)
+    wall = max(stats.wall_s, 1e-9)
+    worker_events = worker.get("encore_events_total", 0.0)
+    t.add_row("events sent by listeners", f"{stats.events:,} in {wall:.1f} s = {stats.events / wall:,.0f} events/s")
+    if worker:
+        t.add_row("events processed by the worker", f"{worker_events:,.0f} = {worker_events / wall:,.0f} events/s "
+                  f"in {worker.get('encore_records_total', 0):,.0f} Kafka records")
+    t.add_row("slates served", f"{stats.slates:,} of {stats.requests:,} requests "
+              f"(timed out {stats.timed_out}, latency p50 {stats.latency(50):.0f} ms, p95 {stats.latency(95):.0f} ms)")
+    played = stats.completions + stats.skips
+    t.add_row("listener behaviour", f"{stats.sessions:,} sessions, {played:,} tracks played, "
+              f"completion rate {stats.completions / max(played, 1):.1%}")
+    t.add_row("reward vs oracle", f"{stats.reward / max(stats.oracle_reward, 1e-9):.1%} of the best possible "
+              "expected completions (policy: popularity-ctx)")
+    dlq = {k.split('"')[1]: v for k, v in worker.items() if k.startswith("encore_dead_letters_total")}
+    injected = sum(stats.bad_injected.values())
+    t.add_row("dead letters", f"{sum(dlq.values()):,.0f} in {settings.topic('encore.events.dlq')} "
+              f"({', '.join(f'{k}: {v:.0f}' for k, v in sorted(dlq.items())) or 'none'}); "
+              f"{injected} malformed records injected")
+    console.print(t)
+    top = Table(title="Top tracks (completed plays)")
+    for col in ("track", "artist", "genre", "plays"):
+        top.add_column(col)
+    cat = world.catalogue
+    for track, n in stats.completed_tracks.most_common(5):
+        i = cat.index[track]
+        top.add_row(track, cat.artist_ids[i], cat.genre_of(i), str(n))
+    console.print(top)
+    console.print(
+        "[bold]Where to look next[/bold]\n"
+        f"  slates:       .venv/bin/encore tail encore.recommendations --max 3\n"
+        f"  dead letters: .venv/bin/encore tail encore.events.dlq --from-beginning --max 5\n"
+        f"  metrics:      curl http://{settings.web_host}:{settings.web_port}/metrics\n"
+        f"  logs:         {settings.log_dir}/worker.log\n"
+        "  stop:         make down"
+    )
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    status = create_topics(settings)
+    for spec in CATALOGUE:
+        name = settings.topic(spec.name)
+        console.print(f"{name:28} {status[name]:8} key={spec.key:12} value={spec.value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="encore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("produce", help="send JSON lines to the events topic")
+    p.add_argument("file", help="JSON lines file, or - for stdin")
+    p = sub.add_parser("replay", help="replay a listening-history CSV into the events topic")
+    p.add_argument("file")
+    p.add_argument("--speed", type=float, default=0.0, help="N x real time; 0 = as fast as possible")
+    p = sub.add_parser("tail", help="print a topic's records decoded, one JSON per line")
+    p.add_argument("topic")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--max", type=int, default=0, help="stop after N records")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after N seconds")
+    for name in ("simulate", "demo"):
+        p = sub.add_parser(name, help="closed-loop listeners against a running worker")
+        p.add_argument("--seconds", type=float, default=60.0)
+        p.add_argument("--listeners", type=int, default=5000)
+        p.add_argument("--concurrency", type=int, default=500, help="listeners waiting on a slate at once")
+        p.add_argument("--bad-rate", type=float, default=0.005 if name == "demo" else 0.0,
+                       help="share of requests followed by a malformed record (DLQ path)")
+        p.add_argument("--seed", type=int, default=11)
+    sub.add_parser("topics", help="create the topic catalogue and list it")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    commands = {"produce": cmd_produce, "replay": cmd_replay, "tail": cmd_tail,
+                "simulate": cmd_simulate, "demo": cmd_simulate, "topics": cmd_topics}
+    return commands[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
