@@ -55,6 +55,7 @@ class LoopStats:
     latencies_ms: list[float] = field(default_factory=list)
     completed_tracks: Counter[str] = field(default_factory=Counter)
     propensity_ok: bool = True
+    request_ids: set[uuid.UUID] = field(default_factory=set)
     wall_s: float = 0.0
 
     def latency(self, q: float) -> float:
@@ -135,6 +136,7 @@ class ClosedLoop:
         self.producer.send_many([*before, request])
         self._in_flight[session.listener.user_id] = _InFlight(session, request, time.monotonic())
         self.stats.requests += 1
+        self.stats.request_ids.add(request.event_id)
         self.stats.events += len(before) + 1
         if self.bad_rate and self.rng.random() < self.bad_rate:
             reason = self.rng.choice(sorted(BAD_RECORDS))

@@ -1,0 +1,211 @@
+"""End to end on real services: simulator -> tansu -> a real Faust worker process ->
+recommendations and dead letters read back with a plain confluent-kafka consumer."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from schemas.events import DeadLetter, Interaction, Kind, Recommendation
+from schemas.wire import Serde
+from streams.client import EventProducer
+from streams.settings import Settings
+from streams.simloop import BAD_RECORDS, ClosedLoop
+from streams.simulator import World, synthetic_catalogue
+from tests.conftest import settings_env, start_worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+SERDE = Serde()
+README = Path(__file__).resolve().parent.parent / "README.md"
+MAX_RECORD = 65_536
+
+
+@pytest.fixture(scope="module")
+def worker(stack):  # type: ignore[no-untyped-def]
+    return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD)
+
+
+def read_topic(settings: Settings, topic: str, until: object, timeout: float = 30.0) -> list:
+    """Every record of ``topic`` from the beginning (plain confluent consumer), polling until
+    ``until(records)`` holds or the timeout passes."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+    consumer.subscribe([settings.topic(topic)])
+    records: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.2):
+                if not msg.error():
+                    records.append(msg)
+            if until(records):  # type: ignore[operator]
+                break
+    finally:
+        consumer.close()
+    return records
+
+
+def worker_total(url: str, metric: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(rf"^{metric}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def _request(user: str, **kw: object) -> Interaction:
+    return Interaction(event_id=uuid.uuid4(), user_id=user, session_id="s-e2e", occurred_at=datetime.now(UTC),
+                       kind=Kind.REC_REQUEST, **kw)
+
+
+def test_closed_loop_every_request_gets_a_slate_and_bad_records_reach_the_dlq(worker) -> None:  # type: ignore[no-untyped-def]
+    settings, url = worker
+    events_before = worker_total(url, "encore_events_total")
+    world = World(synthetic_catalogue(7, 2000), n_listeners=300, seed=5)
+    loop = ClosedLoop(settings, world, concurrency=60, bad_rate=0.2, seed=5)
+    try:
+        stats = loop.run(8.0)
+    finally:
+        loop.close()
+    assert stats.requests > 100 and stats.slates == stats.requests and stats.timed_out == 0
+    assert stats.completions + stats.skips > 500 and stats.propensity_ok
+
+    # what another service sees on the recommendations topic
+    def all_answered(records: list) -> bool:
+        return stats.request_ids <= {SERDE.decode(m.value(), Recommendation).request_id for m in records}
+
+    recs = [(m.key().decode(), SERDE.decode(m.value(), Recommendation)) for m in
+            read_topic(settings, "encore.recommendations", all_answered)]
+    answered = {r.request_id: (key, r) for key, r in recs}
+    assert stats.request_ids <= set(answered)
+    for request_id in stats.request_ids:
+        key, rec = answered[request_id]
+        assert key == rec.user_id and key.startswith("u-")
+        assert len(rec.items) == 10 and len({i.track_id for i in rec.items}) == 10
+        assert all(0 < i.propensity <= 1 for i in rec.items)
+        assert rec.slate_propensity == pytest.approx(float(__import__("math").prod(i.propensity for i in rec.items)))
+        assert [i.position for i in rec.items] == list(range(10)) and rec.policy_id == "popularity-ctx"
+
+    # every injected malformed record is in the DLQ with its reason; nothing else from the loop is
+    sim_users = {listener.user_id for listener in world.listeners}
+    injected = sum(stats.bad_injected.values())
+    assert injected > 5
+
+    def letters(records: list) -> list[DeadLetter]:
+        return [d for d in (SERDE.decode(m.value(), DeadLetter) for m in records)
+                if d.key and d.key.decode() in sim_users and d.raw in BAD_RECORDS.values()]
+
+    dead = letters(read_topic(settings, "encore.events.dlq", lambda r: len(letters(r)) >= injected))
+    assert Counter(d.reason for d in dead) == stats.bad_injected
+    assert all(BAD_RECORDS[d.reason] == d.raw and d.topic == settings.topic("encore.events") for d in dead)
+
+    # and the good events around them were all processed, once
+    time.sleep(1.0)
+    assert worker_total(url, "encore_events_total") - events_before == stats.events
+
+
+def test_malformed_records_between_good_ones(worker) -> None:  # type: ignore[no-untyped-def]
+    settings, _ = worker
+    user = f"u-mixed-{uuid.uuid4().hex[:6]}"
+    good = [_request(user) for _ in range(4)]
+    rec = Recommendation(rec_id=uuid.uuid4(), request_id=uuid.uuid4(), user_id=user, session_id="s", items=[],
+                         slate_propensity=1.0, policy_id="x", policy_version="1", created_at=datetime.now(UTC))
+    bad = {
+        "bad_json": b"{not json",
+        "wrong_schema": SERDE.encode(rec),
+        "unknown_kind": json.dumps({"user_id": user, "kind": "no_such_kind"}).encode(),
+        "missing_field": json.dumps({"user_id": user, "kind": "like", "track_id": "t-00001"}).encode(),
+        "wrong_type": json.dumps({**json.loads(good[0].model_dump_json()), "event_id": str(uuid.uuid4()),
+                                  "occurred_at": {"day": 1}}).encode(),
+        "oversized": json.dumps({"pad": "x" * (MAX_RECORD + 10)}).encode(),
+    }
+    batch_with_one_bad = json.dumps({"events": [json.loads(good[2].model_dump_json()), {"kind": "rating"}]}).encode()
+    with EventProducer(settings, batch_events=1) as producer:
+        producer.send_raw(user, good[0].model_dump_json().encode())  # JSON
+        for value in list(bad.values())[:3]:
+            producer.send_raw(user, value)
+        producer.send(good[1])  # Avro
+        for value in list(bad.values())[3:]:
+            producer.send_raw(user, value)
+        producer.send_raw(user, batch_with_one_bad)
+        producer.send(good[3])
+
+    want = {g.event_id for g in good}
+    recs = read_topic(settings, "encore.recommendations",
+                      lambda r: want <= {SERDE.decode(m.value(), Recommendation).request_id for m in r})
+    slates = [SERDE.decode(m.value(), Recommendation) for m in recs]
+    mine = [s for s in slates if s.user_id == user]
+    assert sorted(str(s.request_id) for s in mine) == sorted(str(g.event_id) for g in good)
+
+    def mine_dead(records: list) -> list[DeadLetter]:
+        return [d for d in (SERDE.decode(m.value(), DeadLetter) for m in records) if d.key == user.encode()]
+
+    dead = mine_dead(read_topic(settings, "encore.events.dlq", lambda r: len(mine_dead(r)) >= len(bad) + 1))
+    by_reason = {d.reason: d for d in dead}
+    assert set(by_reason) == set(bad) | {"missing_field"} and len(dead) == len(bad) + 1
+    for reason, value in bad.items():
+        letter = by_reason[reason] if reason != "missing_field" else next(
+            d for d in dead if d.reason == "missing_field" and d.index is None)
+        assert letter.raw == (value if reason != "oversized" else value[:4096])
+        assert letter.error and letter.step == "ingest.decode" and letter.offset >= 0
+    inner = next(d for d in dead if d.index == 1)
+    assert inner.reason == "missing_field" and json.loads(inner.raw) == {"kind": "rating"}
+
+
+def test_a_redelivered_request_gets_no_second_slate(worker) -> None:  # type: ignore[no-untyped-def]
+    settings, _ = worker
+    request, marker = _request(f"u-dup-{uuid.uuid4().hex[:6]}"), _request("u-dup-marker")
+    with EventProducer(settings, batch_events=1) as producer:
+        producer.send(request)
+        producer.send_raw(request.user_id, request.model_dump_json().encode())  # same event_id, as JSON
+        producer.send(request)
+    with EventProducer(settings, batch_events=1) as producer:
+        producer.send(marker.model_copy(update={"user_id": request.user_id}))
+    recs = read_topic(settings, "encore.recommendations",
+                      lambda r: any(SERDE.decode(m.value(), Recommendation).request_id == marker.event_id for m in r))
+    answers = [m for m in recs if SERDE.decode(m.value(), Recommendation).request_id == request.event_id]
+    assert len(answers) == 1
+
+
+def _readme_block(title: str) -> str:
+    text = README.read_text()
+    section = text.split(title, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+
+
+def test_readme_foreign_client_example_yields_a_slate_and_a_dead_letter(worker, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Runs the README's kafka-python snippet as written, then the README's tail command."""
+    settings, _ = worker
+    monkeypatch.setenv("ENCORE_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    exec(compile(_readme_block("### Produce from any Kafka client"), "README.md", "exec"), {})
+    request_id = uuid.UUID("0b9a6c1e-5d2f-4c1a-9a51-3f1e2d4c5b6a")
+    recs = read_topic(settings, "encore.recommendations",
+                      lambda r: any(SERDE.decode(m.value(), Recommendation).request_id == request_id for m in r))
+    (slate_msg,) = [m for m in recs if SERDE.decode(m.value(), Recommendation).request_id == request_id][:1]
+    assert slate_msg.key() == b"u-42"
+    slate = SERDE.decode(slate_msg.value(), Recommendation)
+    assert slate.context.activity == "workout" and slate.context.timezone == "UTC" and len(slate.items) == 10
+
+    bad_value = json.dumps({"user_id": 42, "kind": "no_such_kind"}).encode()
+    dead = read_topic(settings, "encore.events.dlq",
+                      lambda r: any(SERDE.decode(m.value(), DeadLetter).raw == bad_value for m in r))
+    letter = next(d for d in (SERDE.decode(m.value(), DeadLetter) for m in dead) if d.raw == bad_value)
+    assert letter.reason == "unknown_kind" and "no_such_kind" in letter.error
+
+    # the project's own CLI tails the topic decoded
+    out = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "tail", "encore.recommendations", "--from-beginning", "--timeout", "15"],
+        env={**settings_env(settings), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+        cwd=README.parent,
+    )
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    mine = [r for r in lines if r["key"] == "u-42" and r["value"]["request_id"] == str(request_id)]
+    assert mine and mine[0]["type"] == "Recommendation" and mine[0]["value"]["items"][0]["propensity"] > 0
