@@ -119,7 +119,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     first, wall0 = events[0].occurred_at, time.monotonic()
     with EventProducer(settings) as producer, _progress() as bar:
-        task = bar.add_task("replaying", total=len(events))
+        task = bar.add_task("replaying", total=len(events), info=f"{len(events):,} events")
         for event in events:
             if args.speed > 0:
                 due = (event.occurred_at - first).total_seconds() / args.speed

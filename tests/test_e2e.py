@@ -40,7 +40,8 @@ def read_topic(settings: Settings, topic: str, until: object, timeout: float = 3
     """Every record of ``topic`` from the beginning (plain confluent consumer), polling until
     ``until(records)`` holds or the timeout passes."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10,
+                         "session.timeout.ms": 6000})  # tansu: a join waits half of it
     consumer.subscribe([settings.topic(topic)])
     records: list = []
     deadline = time.monotonic() + timeout
@@ -202,10 +203,25 @@ def test_readme_foreign_client_example_yields_a_slate_and_a_dead_letter(worker, 
 
     # the project's own CLI tails the topic decoded
     out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "tail", "encore.recommendations", "--from-beginning", "--timeout", "15"],
+        [sys.executable, "-m", "streams.cli", "tail", "encore.recommendations", "--from-beginning", "--timeout", "10"],
         env={**settings_env(settings), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
         cwd=README.parent,
     )
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     mine = [r for r in lines if r["key"] == "u-42" and r["value"]["request_id"] == str(request_id)]
     assert mine and mine[0]["type"] == "Recommendation" and mine[0]["value"]["items"][0]["propensity"] > 0
+
+
+def test_demo_command_prints_its_summary(worker) -> None:  # type: ignore[no-untyped-def]
+    settings, _ = worker
+    out = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "demo", "--seconds", "4", "--listeners", "200", "--concurrency", "40",
+         "--bad-rate", "0.05"],
+        env={**settings_env(settings), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}, capture_output=True, text=True,
+        timeout=120, cwd=README.parent,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    processed = re.search(r"events processed by the worker\s*│\s*([\d,]+) = ([\d,]+) events/s", out.stdout)
+    sent = re.search(r"events sent by listeners\s*│\s*([\d,]+) in", out.stdout)
+    assert processed and sent and processed.group(1) == sent.group(1) and int(sent.group(1).replace(",", "")) > 0
+    assert "Top tracks" in out.stdout and "timed out 0" in out.stdout

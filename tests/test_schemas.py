@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from schemas import avro
 from schemas.events import (
+    TRACK_KINDS,
     Context,
     DeadLetter,
     EventBatch,
@@ -24,7 +25,6 @@ from schemas.events import (
     Kind,
     Recommendation,
     SlateItem,
-    TRACK_KINDS,
 )
 from schemas.wire import Serde, decode_events
 
