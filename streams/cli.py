@@ -203,8 +203,15 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
             bar.update(task, completed=args.seconds)
     finally:
         loop.close()
-    time.sleep(1.0)  # let the worker finish the last batch before reading its counters
-    after = _worker_counts(settings)
+    # let the worker drain what is still queued before reading its counters
+    deadline, last = time.monotonic() + 20, -1.0
+    while time.monotonic() < deadline:
+        after = _worker_counts(settings)
+        done = after.get("encore_events_total", 0.0) - before.get("encore_events_total", 0.0)
+        if not after or done >= stats.events or done == last:
+            break
+        last = done
+        time.sleep(1.0)
     return world, stats, {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
 
 

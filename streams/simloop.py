@@ -124,9 +124,14 @@ class ClosedLoop:
 
     # --- internals ----------------------------------------------------------------------
     def _fill(self) -> None:
-        while len(self._in_flight) < self.concurrency and self._idle:
+        declined = 0
+        while len(self._in_flight) < self.concurrency and declined < len(self._idle):
             listener = self._idle.popleft()
             self._sim_clock += timedelta(seconds=self.rng.expovariate(1 / 30))
+            if not self.world.wants_to_listen(listener, self._sim_clock):
+                self._idle.append(listener)  # not their time of day; ask again later
+                declined += 1
+                continue
             session = self.world.start_session(listener, self._sim_clock)
             self.stats.sessions += 1
             self._request(session, [])

@@ -161,6 +161,12 @@ class World:
         return best, float(p[best])
 
     # --- behaviour ------------------------------------------------------------------------
+    def wants_to_listen(self, listener: Listener, at: datetime) -> bool:
+        """Daily rhythm: most likely near the listener's peak local hour, rarely far from it."""
+        hour = at.astimezone(ZoneInfo(listener.zone)).hour
+        d = min(abs(hour - listener.peak_hour), 24 - abs(hour - listener.peak_hour))
+        return bool(listener.rng.random() < 0.1 + 0.9 * np.exp(-(d**2) / 8.0))
+
     def start_session(self, listener: Listener, at: datetime) -> Session:
         rng = listener.rng
         local = at.astimezone(ZoneInfo(listener.zone))

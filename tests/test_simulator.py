@@ -64,3 +64,23 @@ def test_oracle_is_the_best_track_and_events_answer_the_slate() -> None:
     events = world.react(session, rec_id, list(world.catalogue.track_ids[:10]))
     assert events and all(e.rec_id == rec_id and e.position is not None for e in events)
     assert [e.occurred_at for e in events] == sorted(e.occurred_at for e in events)
+
+
+def test_listeners_listen_mostly_around_their_peak_hour() -> None:
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    world = World(synthetic_catalogue(5, 100), n_listeners=30, seed=4)
+    near = far = near_n = far_n = 0
+    for listener in world.listeners:
+        for h in range(0, 24 * 20):
+            at = START + timedelta(hours=h)
+            local = at.astimezone(ZoneInfo(listener.zone)).hour
+            d = min(abs(local - listener.peak_hour), 24 - abs(local - listener.peak_hour))
+            if d <= 1:
+                near_n += 1
+                near += world.wants_to_listen(listener, at)
+            elif d >= 6:
+                far_n += 1
+                far += world.wants_to_listen(listener, at)
+    assert near / near_n > 0.8 and far / far_n < 0.2
