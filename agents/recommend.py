@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict, deque
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime
 
 import numpy as np
 
@@ -50,10 +49,7 @@ def listening_context(event: Interaction) -> ListeningContext:
     ctx = event.context
     hour, weekday = ctx.local_hour, ctx.weekday
     if hour is None or weekday is None:
-        try:
-            local = event.occurred_at.astimezone(ZoneInfo(ctx.timezone))
-        except (ZoneInfoNotFoundError, ValueError):
-            local = event.occurred_at.astimezone(UTC)
+        local = event.local_time()
         hour = local.hour if hour is None else hour
         weekday = local.weekday() if weekday is None else weekday
     return ListeningContext(str(ctx.activity), hour, weekday, str(ctx.device))

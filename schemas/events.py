@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -117,6 +118,13 @@ class Interaction(_Input):
     @classmethod
     def _occurred_utc(cls, value: datetime) -> datetime:
         return _utc(value)
+
+    def local_time(self) -> datetime:
+        """``occurred_at`` in the listener's time zone (UTC when the zone is unknown)."""
+        try:
+            return self.occurred_at.astimezone(ZoneInfo(self.context.timezone))
+        except (ZoneInfoNotFoundError, ValueError):
+            return self.occurred_at
 
     @model_validator(mode="after")
     def _kind_rules(self) -> Interaction:
