@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,6 @@ class Challenge:
     target: int
     start: datetime
     end: datetime
-
-    def active(self, at: datetime) -> bool:
-        return self.start <= at < self.end
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,10 @@ class Rules:
             "achievements": [[a.id, a.stat, a.target, a.avatar or ""] for a in self.achievements]
             + [[f"challenge:{c.id}", f"ch:{c.id}", c.target, ""] for c in self.challenges],
             "tiers": [[t.name, t.min_karma, t.avatar] for t in self.tiers],
-            "challenge_stats": {c.id: c.stat for c in self.challenges} or {"_": ""},
+            "challenges": {
+                c.id: [c.stat, int(c.start.timestamp() * 1000), int(c.end.timestamp() * 1000)]
+                for c in self.challenges
+            } or {"_": ["", 0, 0]},
         }))
 
     @classmethod
@@ -135,19 +135,18 @@ class Effect:
     listening_day: bool = False  # counts toward streaks
     genre: str | None = None
     cohort: str | None = None
-    challenges: tuple[str, ...] = ()
 
     def to_lua(self) -> dict[str, Any]:
         return {
             "id": self.event_id, "at": self.at_ms, "day": self.day, "karma": self.karma,
             "incr": self.incr or {"_": 0}, "sets": list(self.sets), "listen": self.listening_day,
-            "genre": self.genre or "", "challenges": list(self.challenges),
+            "genre": self.genre or "",
         }
 
 
-def week_of(day: int) -> int:
-    """Week number (Monday-based) of a local day ordinal."""
-    return (day - 1) // 7
+def week_of(at: datetime) -> int:
+    """Monday-based week number of a UTC time (the weekly boards' key)."""
+    return (at.astimezone(UTC).date().toordinal() - 1) // 7
 
 
 def effect_for(event: Interaction, rules: Rules, catalogue: Catalogue | None = None) -> Effect | None:
@@ -200,5 +199,4 @@ def effect_for(event: Interaction, rules: Rules, catalogue: Catalogue | None = N
         event_id=str(event.event_id), user_id=event.user_id, at_ms=int(at.timestamp() * 1000),
         day=local.date().toordinal(), karma=karma, incr=incr, sets=tuple(sets),
         listening_day=listening_day, genre=genre, cohort=event.context.cohort,
-        challenges=tuple(c.id for c in rules.challenges if c.active(at)),
     )

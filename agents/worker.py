@@ -15,18 +15,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import faust
+import redis
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from agents.gamify import Rules, effect_for
 from agents.ingest import RawRecord, dead_letter, ingest
 from agents.recommend import Recommender
 from online_models.catalogue import Catalogue
 from online_models.popularity import ContextPopularity
 from schemas.wire import SchemaCatalogue, Serde
+from sinks.gamification import GamificationStore
 from streams.app import create_app
 from streams.settings import Settings, load_settings
 from streams.simulator import synthetic_catalogue
-from streams.topics import DLQ, EVENTS, RECOMMENDATIONS
+from streams.topics import DLQ, EVENTS, GAMIFICATION, RECOMMENDATIONS
 
 log = logging.getLogger("encore.worker")
 
@@ -54,6 +57,10 @@ class Metrics:
         self.duplicates = Counter("encore_duplicate_events_total", "Events skipped as already seen", registry=registry)
         self.batch = Histogram("encore_batch_records", "Records per processed batch", registry=registry,
                                buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000))
+        self.karma = Counter("encore_karma_events_total", "Events applied to gamification state, by outcome",
+                             ["outcome"], registry=registry)
+        self.gamification_out = Counter("encore_gamification_events_total", "GamificationEvents published",
+                                        registry=registry)
         self.batch_seconds = Histogram("encore_batch_seconds", "Time to process and deliver one batch",
                                        registry=registry)
 
@@ -70,10 +77,15 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         catalogue, ContextPopularity(catalogue, temperature=settings.popularity_temperature),
         slate_size=settings.slate_size, dedupe_window=settings.dedupe_window,
     )
+    store = None
+    if settings.gamification_enabled:
+        rules = Rules.from_toml(settings.gamification_rules)
+        store = GamificationStore(redis.Redis.from_url(settings.redis_url), rules, prefix=settings.redis_prefix)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic(EVENTS.name), partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic(DLQ.name), partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic(RECOMMENDATIONS.name), partitions=settings.partitions, **raw)
+    game_topic = app.topic(settings.topic(GAMIFICATION.name), partitions=settings.partitions, **raw)
     state = {"batches": 0}
 
     @app.agent(events_topic, name="ingest")
@@ -97,7 +109,20 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                     dead_letter(r, "recommend", "processing_error", f"{type(exc).__name__}: {exc}",
                                 r.value or b"", now) for r in records
                 )
+            rewards = []
+            if store is not None:
+                effects = [f for f in (effect_for(e, store.rules, catalogue) for e in result.events) if f]
+                # Redis errors are retried inside; if Redis stays down this raises, the batch is
+                # not acknowledged, and the agent restarts on it (every effect is idempotent)
+                applied = await asyncio.to_thread(store.apply, effects, now)
+                rewards = applied.outputs
+                metrics.karma.labels("applied").inc(applied.applied)
+                metrics.karma.labels("duplicate").inc(applied.duplicates)
+                metrics.karma.labels("stale").inc(applied.stale)
             pending = []
+            for out in rewards:
+                pending.append(await game_topic.send(key=out.user_id.encode(), value=serde.encode(out)))
+            metrics.gamification_out.inc(len(rewards))
             for letter in result.dead:
                 metrics.dead.labels(letter.reason).inc()
                 pending.append(await dlq_topic.send(key=letter.key, value=serde.encode(letter)))

@@ -5,13 +5,15 @@ board's two keys in one slot)::
 
     enc:{USER}:s          hash   stats, karma (raw sum), earned, wk:<week>, gk:<genre>, ch:<id>, seq
     enc:{USER}:m          zset   applied event ids (score: when), pruned after the horizon
-    enc:{USER}:artists    set    artists / genres / playlists the listener has met
-    enc:{USER}:genres     set
-    enc:{USER}:playlists  set
+    enc:{USER}:artists    zset   artists / genres / playlists the listener has met, scored by
+    enc:{USER}:genres     zset   the time of the first meeting (so bonuses and challenge
+    enc:{USER}:playlists  zset   progress belong to it, in whatever order events arrive)
     enc:{USER}:days       zset   local days with a completed listen (streaks)
     enc:{USER}:ach        set    achievements unlocked
     enc:{USER}:av         set    avatar items unlocked
     enc:lb:{BOARD}        zset   leaderboard; BOARD = global | weekly:<n> | genre:<g> | cohort:<c>
+                                 (weekly: Monday-based week number of the UTC time; genre: the
+                                 base karma of events on that genre's tracks)
     enc:lb:{BOARD}:v      hash   per-listener version (their seq) of the score on the board
 
 Per batch: one pipeline of APPLY calls (one per listener, all their events of the batch), then
@@ -54,6 +56,14 @@ redis.call('ZREMRANGEBYSCORE', M, '-inf', now - horizon)
 local function num(f) return tonumber(redis.call('HGET', S, f) or '0') end
 local function shown(raw) if raw < args.floor then return args.floor end return raw end
 local function week(day) return math.floor((day - 1) / 7) end
+local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
+-- counters that can return to zero are removed there, so state never depends on the path taken
+local function incr(f, v)
+  local x = redis.call('HINCRBY', S, f, v)
+  if x == 0 then redis.call('HDEL', S, f) end
+  return x
+end
+local function in_window(c, ms) return ms >= c[2] and ms < c[3] end
 local function neighbour(day, dir)
   local r
   if dir < 0 then r = redis.call('ZREVRANGEBYSCORE', D, '(' .. day, '-inf', 'LIMIT', 0, 1)
@@ -72,44 +82,59 @@ for _, e in ipairs(effects) do
     r.status = 'applied'
     redis.call('ZADD', M, math.max(e.at, now), e.id)
     local before = shown(num('karma'))
-    local touched = {}
-    for stat, n in pairs(e.incr) do
-      if n ~= 0 then redis.call('HINCRBY', S, stat, n); touched[stat] = n end
+    local by_week, delta, gain = {}, 0, 0
+    -- every amount is booked to a week; the sum is the karma change
+    -- (moving an amount between weeks books -v and +v and earns nothing)
+    local function book(w, v)
+      by_week[w] = (by_week[w] or 0) + v; delta = delta + v
     end
-    local delta, gain = e.karma, math.max(e.karma, 0)
-    for _, s in ipairs(e.sets) do
-      if redis.call('SADD', setkey[s[1]], s[2]) == 1 then
-        delta = delta + s[4]; gain = gain + s[4]
-        redis.call('HINCRBY', S, s[3], 1); touched[s[3]] = 1
+    book(week_at(e.at), e.karma)
+    gain = math.max(e.karma, 0)
+    if e.genre ~= '' and e.karma ~= 0 then genres[e.genre] = incr('gk:' .. e.genre, e.karma) end
+    local function progress(stat, at, n)
+      for c, spec in pairs(args.challenges) do
+        if spec[1] == stat and in_window(spec, at) then incr('ch:' .. c, n) end
       end
     end
-    local by_week = {[week(e.day)] = delta}
-    if e.genre ~= '' then
-      genres[e.genre] = redis.call('HINCRBY', S, 'gk:' .. e.genre, delta)
+    local touched = {}
+    for stat, n in pairs(e.incr) do
+      if n ~= 0 then redis.call('HINCRBY', S, stat, n); touched[stat] = true; progress(stat, e.at, n) end
+    end
+    -- sets remember when the listener first met each member; its bonus and any challenge
+    -- progress belong to that first time, whatever order the events arrive in
+    for _, s in ipairs(e.sets) do
+      local key, member, stat, bonus = setkey[s[1]], s[2], s[3], s[4]
+      local first = tonumber(redis.call('ZSCORE', key, member))
+      if not first then
+        redis.call('ZADD', key, e.at, member)
+        redis.call('HINCRBY', S, stat, 1); touched[stat] = true
+        book(week_at(e.at), bonus); gain = gain + bonus; progress(stat, e.at, 1)
+      elseif e.at < first then
+        redis.call('ZADD', key, e.at, member)
+        book(week_at(first), -bonus); book(week_at(e.at), bonus)
+        progress(stat, first, -1); progress(stat, e.at, 1)
+      end
     end
     -- streaks: a link joins two listening days at most `gap` days apart; each link is worth
     -- the streak bonus, booked to the week of its later day
     if e.listen and redis.call('ZADD', D, 'NX', e.day, e.day) == 1 then
       local p, n = neighbour(e.day, -1), neighbour(e.day, 1)
-      local function book(w, v) by_week[w] = (by_week[w] or 0) + v; delta = delta + v; gain = gain + v end
-      if p and e.day - p <= gap then book(week(e.day), bonus) end
-      if n and n - e.day <= gap then book(week(n), bonus) end
-      if p and n and n - p <= gap then book(week(n), -bonus) end
+      local links = 0
+      if p and e.day - p <= gap then book(week(e.day), bonus); links = links + 1 end
+      if n and n - e.day <= gap then book(week(n), bonus); links = links + 1 end
+      if p and n and n - p <= gap then book(week(n), -bonus); links = links - 1 end
+      gain = gain + links * bonus
       local run, cur = 1, e.day
       while true do local q = neighbour(cur, -1); if q and cur - q <= gap then run = run + 1; cur = q else break end end
       cur = e.day
       while true do local q = neighbour(cur, 1); if q and q - cur <= gap then run = run + 1; cur = q else break end end
-      if run > num('best_streak') then redis.call('HSET', S, 'best_streak', run); touched['best_streak'] = 1 end
+      if run > num('best_streak') then redis.call('HSET', S, 'best_streak', run); touched['best_streak'] = true end
     end
     for w, v in pairs(by_week) do
-      weeks[tostring(w)] = redis.call('HINCRBY', S, 'wk:' .. w, v)
+      if v ~= 0 then weeks[tostring(w)] = incr('wk:' .. w, v) end
     end
     local raw = redis.call('HINCRBY', S, 'karma', delta)
     local earned = redis.call('HINCRBY', S, 'earned', gain)
-    for _, c in ipairs(e.challenges) do
-      local stat = args.challenge_stats[c]
-      if stat and touched[stat] then redis.call('HINCRBY', S, 'ch:' .. c, touched[stat]) end
-    end
     local unlocked = {}
     for _, a in ipairs(args.achievements) do
       if redis.call('SISMEMBER', ACH, a[1]) == 0 then
@@ -339,6 +364,6 @@ class GamificationStore:
         return [(start + i + 1, m.decode(), s) for i, (m, s) in enumerate(rows)]
 
 
-def weekly_board(day: int) -> str:
-    """The weekly board name for a local day ordinal."""
-    return f"weekly:{week_of(day)}"
+def weekly_board(at: datetime) -> str:
+    """The name of the weekly board covering this time."""
+    return f"weekly:{week_of(at)}"

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     popularity_temperature: float = Field(1.0, gt=0)
     dedupe_window: int = Field(1_000_000, ge=1, description="event ids remembered per worker")
 
+    # --- gamification ------------------------------------------------------------------
+    gamification_enabled: bool = True
+    gamification_rules: Path = ROOT / "deploy" / "config" / "gamification.toml"
+    redis_prefix: str = Field("enc", description="prefix of every Redis key")
+
     # --- producer SDK --------------------------------------------------------------------
     producer_linger_ms: int = Field(20, ge=0)
     producer_batch_events: int = Field(200, ge=1, le=1000)

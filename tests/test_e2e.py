@@ -225,3 +225,51 @@ def test_demo_command_prints_its_summary(worker) -> None:  # type: ignore[no-unt
     sent = re.search(r"events sent by listeners\s*│\s*([\d,]+) in", out.stdout)
     assert processed and sent and processed.group(1) == sent.group(1) and int(sent.group(1).replace(",", "")) > 0
     assert "Top tracks" in out.stdout and "timed out 0" in out.stdout
+
+
+def test_worker_awards_karma_once_and_malformed_events_change_nothing(worker) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from agents.gamify import Rules
+    from schemas.events import GamificationEvent
+    from sinks.gamification import GamificationStore
+
+    settings, _ = worker
+    user = f"u-karma-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    plays = [Interaction(event_id=uuid.uuid4(), user_id=user, session_id="s", occurred_at=now, kind=Kind.PLAY_END,
+                         track_id="t-00010") for _ in range(3)]
+    malformed = [
+        json.dumps({"event_id": str(uuid.uuid4()), "user_id": user, "session_id": "s",
+                    "occurred_at": now.isoformat(), "kind": "like"}).encode(),  # like without a track
+        json.dumps({"user_id": user, "kind": "play_end", "track_id": "t-00010"}).encode(),  # no id, no time
+    ]
+    with EventProducer(settings, batch_events=1) as producer:
+        producer.send(plays[0])
+        for value in malformed:
+            producer.send_raw(user, value)
+        producer.send_many(plays[1:])
+        producer.send(plays[0])  # redelivered: must not count twice
+        producer.send(_request(user))  # marker: processed after everything above
+
+    def karma_events(records: list) -> list[GamificationEvent]:
+        return [g for g in (SERDE.decode(m.value(), GamificationEvent) for m in records) if g.user_id == user]
+
+    read_topic(settings, "encore.recommendations",
+               lambda r: any(SERDE.decode(m.value(), Recommendation).user_id == user for m in r))
+    store = GamificationStore(redis.Redis.from_url(settings.redis_url), Rules.from_toml(settings.gamification_rules),
+                              prefix=settings.redis_prefix)
+    profile = store.profile(user)
+    w = store.rules.karma
+    assert profile["stats"]["listens"] == 3 and "likes" not in profile["stats"]
+    assert profile["karma"] == 3 * w["listen"] + w["new_artist"]
+    assert store.rank(user) is not None
+    events = karma_events(read_topic(settings, "encore.gamification", lambda r: len(karma_events(r)) >= 4))
+    deltas = [g for g in events if g.karma_delta]
+    assert sorted(g.event_id for g in deltas) == sorted(p.event_id for p in plays)
+    assert deltas[-1].karma_total == profile["karma"]
+    assert any(g.avatar_unlocked == "basic-headphones" for g in events)
+    dead = read_topic(settings, "encore.events.dlq",
+                      lambda r: sum(SERDE.decode(m.value(), DeadLetter).raw in malformed for m in r) >= 2)
+    reasons = sorted(d.reason for d in (SERDE.decode(m.value(), DeadLetter) for m in dead) if d.raw in malformed)
+    assert reasons == ["invalid_value", "missing_field"]
