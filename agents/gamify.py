@@ -136,12 +136,10 @@ class Effect:
     genre: str | None = None
     cohort: str | None = None
 
-    def to_lua(self) -> dict[str, Any]:
-        return {
-            "id": self.event_id, "at": self.at_ms, "day": self.day, "karma": self.karma,
-            "incr": self.incr or {"_": 0}, "sets": list(self.sets), "listen": self.listening_day,
-            "genre": self.genre or "",
-        }
+    def to_lua(self) -> list[Any]:
+        """The compact form the APPLY script reads (see sinks/gamification.py)."""
+        return [self.event_id, self.at_ms, self.day, self.karma, int(self.listening_day), self.genre or "",
+                self.incr or {"_": 0}, self.sets]
 
 
 def week_of(at: datetime) -> int:

@@ -24,6 +24,7 @@ from agents.ingest import RawRecord, dead_letter, ingest
 from agents.recommend import Recommender
 from online_models.catalogue import Catalogue
 from online_models.popularity import ContextPopularity
+from schemas.events import GamificationEvent
 from schemas.wire import SchemaCatalogue, Serde
 from sinks.gamification import GamificationStore
 from streams.app import create_app
@@ -121,7 +122,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 metrics.karma.labels("stale").inc(applied.stale)
             pending = []
             for out in rewards:
-                pending.append(await game_topic.send(key=out.user_id.encode(), value=serde.encode(out)))
+                value = serde.encode_fields(GamificationEvent, out)
+                pending.append(await game_topic.send(key=out["user_id"].encode(), value=value))
             metrics.gamification_out.inc(len(rewards))
             for letter in result.dead:
                 metrics.dead.labels(letter.reason).inc()

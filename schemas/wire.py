@@ -121,6 +121,16 @@ class Serde:
         fastavro.schemaless_writer(buf, schema, obj.model_dump(mode="python"))
         return buf.getvalue()
 
+    def encode_fields(self, model: type[BaseModel], fields: dict[str, Any]) -> bytes:
+        """Encode a dict of a contract's fields without building the model (hot paths whose
+        fields come from the project's own code); the Avro writer still checks every type."""
+        schema_id = self.catalogue.writer_id(f"{NAMESPACE}.{model.__name__}")
+        _, schema = self.catalogue.schema(schema_id)
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(MAGIC, schema_id))
+        fastavro.schemaless_writer(buf, schema, fields)
+        return buf.getvalue()
+
     def decode_any(self, data: bytes) -> BaseModel:
         """Decode a framed record into whichever contract its schema id names."""
         name, record = self._read(data)

@@ -39,31 +39,60 @@ from uuid import UUID
 import redis
 
 from agents.gamify import Effect, Rules, week_of
-from schemas.events import GamificationEvent
 
 PREFIX = "enc"
 WEEKLY_TTL_S = 5 * 7 * 86_400
 
 APPLY = r"""
+-- ARGV: rules (JSON), effects (JSON list of [id, at_ms, day, karma, listen, genre,
+--       {stat: n}, [[set, member, stat, bonus], ...]]), now_ms
 local args = cjson.decode(ARGV[1])
 local effects = cjson.decode(ARGV[2])
 local now = tonumber(ARGV[3])
 local S, M, D, ACH, AV = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
 local setkey = {artists = KEYS[3], genres = KEYS[4], playlists = KEYS[5]}
-local horizon, gap, bonus = args.horizon_ms, args.link_gap, args.streak_bonus
+local horizon, gap, bonus, floor = args.horizon_ms, args.link_gap, args.streak_bonus, args.floor
 redis.call('ZREMRANGEBYSCORE', M, '-inf', now - horizon)
 
-local function num(f) return tonumber(redis.call('HGET', S, f) or '0') end
-local function shown(raw) if raw < args.floor then return args.floor end return raw end
+-- Everything this batch touches is read up front in a few calls (ZMSCORE, SMEMBERS, HGET on
+-- first use), applied event by event in Lua tables, and written back once at the end.
+local st, dirty = {}, {}
+local function get(f)
+  local v = st[f]
+  if v == nil then v = tonumber(redis.call('HGET', S, f) or '0'); st[f] = v end
+  return v
+end
+local function add(f, n) local v = get(f) + n; st[f] = v; dirty[f] = true; return v end
+local achieved = {}
+for _, a in ipairs(redis.call('SMEMBERS', ACH)) do achieved[a] = true end
+
+local ids, wanted = {}, {artists = {}, genres = {}, playlists = {}}
+for i, e in ipairs(effects) do
+  ids[i] = e[1]
+  for _, s in ipairs(e[8]) do wanted[s[1]][#wanted[s[1]] + 1] = s[2] end
+end
+local marked = {}
+if #ids > 0 then
+  local scores = redis.call('ZMSCORE', M, unpack(ids))
+  for i, id in ipairs(ids) do if scores[i] then marked[id] = true end end
+end
+local met, changed = {}, {}
+for name, members in pairs(wanted) do
+  met[name], changed[name] = {}, {}
+  if #members > 0 then
+    local scores = redis.call('ZMSCORE', setkey[name], unpack(members))
+    for i, m in ipairs(members) do if scores[i] then met[name][m] = tonumber(scores[i]) end end
+  end
+end
+
+local function shown(raw) if raw < floor then return floor end return raw end
 local function week(day) return math.floor((day - 1) / 7) end
 local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
--- counters that can return to zero are removed there, so state never depends on the path taken
-local function incr(f, v)
-  local x = redis.call('HINCRBY', S, f, v)
-  if x == 0 then redis.call('HDEL', S, f) end
-  return x
+local function progress(stat, at, n)
+  for c, spec in pairs(args.challenges) do
+    if spec[1] == stat and at >= spec[2] and at < spec[3] then add('ch:' .. c, n) end
+  end
 end
-local function in_window(c, ms) return ms >= c[2] and ms < c[3] end
 local function neighbour(day, dir)
   local r
   if dir < 0 then r = redis.call('ZREVRANGEBYSCORE', D, '(' .. day, '-inf', 'LIMIT', 0, 1)
@@ -71,96 +100,108 @@ local function neighbour(day, dir)
   return tonumber(r[1])
 end
 
-local results, weeks, genres = {}, {}, {}
+local results, weeks, genres, marks = {}, {}, {}, {}
+local delta, gain = 0, 0
+-- every amount is booked to a week; their sum is the karma change
+-- (moving an amount between weeks books -v and +v and earns nothing)
+local function book(w, v) weeks[w] = true; add('wk:' .. w, v); delta = delta + v end
 for _, e in ipairs(effects) do
-  local r = {id = e.id}
-  if e.at < now - horizon then
-    r.status = 'stale'
-  elseif redis.call('ZSCORE', M, e.id) then
-    r.status = 'duplicate'
+  local id, at, day, karma, listen, genre, incr, sets = e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
+  if at < now - horizon then
+    results[#results + 1] = {id, 'stale'}
+  elseif marked[id] then
+    results[#results + 1] = {id, 'duplicate'}
   else
-    r.status = 'applied'
-    redis.call('ZADD', M, math.max(e.at, now), e.id)
-    local before = shown(num('karma'))
-    local by_week, delta, gain = {}, 0, 0
-    -- every amount is booked to a week; the sum is the karma change
-    -- (moving an amount between weeks books -v and +v and earns nothing)
-    local function book(w, v)
-      by_week[w] = (by_week[w] or 0) + v; delta = delta + v
-    end
-    book(week_at(e.at), e.karma)
-    gain = math.max(e.karma, 0)
-    if e.genre ~= '' and e.karma ~= 0 then genres[e.genre] = incr('gk:' .. e.genre, e.karma) end
-    local function progress(stat, at, n)
-      for c, spec in pairs(args.challenges) do
-        if spec[1] == stat and in_window(spec, at) then incr('ch:' .. c, n) end
-      end
-    end
-    local touched = {}
-    for stat, n in pairs(e.incr) do
-      if n ~= 0 then redis.call('HINCRBY', S, stat, n); touched[stat] = true; progress(stat, e.at, n) end
+    marked[id] = true
+    marks[#marks + 1] = math.max(at, now); marks[#marks + 1] = id
+    local before = shown(get('karma'))
+    local first = get('seq') == 0
+    delta, gain = 0, math.max(karma, 0)
+    book(week_at(at), karma)
+    if genre ~= '' then genres[genre] = true; add('gk:' .. genre, karma) end
+    for stat, n in pairs(incr) do
+      if n ~= 0 then add(stat, n); progress(stat, at, n) end
     end
     -- sets remember when the listener first met each member; its bonus and any challenge
     -- progress belong to that first time, whatever order the events arrive in
-    for _, s in ipairs(e.sets) do
-      local key, member, stat, bonus = setkey[s[1]], s[2], s[3], s[4]
-      local first = tonumber(redis.call('ZSCORE', key, member))
-      if not first then
-        redis.call('ZADD', key, e.at, member)
-        redis.call('HINCRBY', S, stat, 1); touched[stat] = true
-        book(week_at(e.at), bonus); gain = gain + bonus; progress(stat, e.at, 1)
-      elseif e.at < first then
-        redis.call('ZADD', key, e.at, member)
-        book(week_at(first), -bonus); book(week_at(e.at), bonus)
-        progress(stat, first, -1); progress(stat, e.at, 1)
+    for _, s in ipairs(sets) do
+      local name, member, stat, b = s[1], s[2], s[3], s[4]
+      local first_met = met[name][member]
+      if not first_met then
+        met[name][member] = at; changed[name][member] = true
+        add(stat, 1); book(week_at(at), b); gain = gain + b; progress(stat, at, 1)
+      elseif at < first_met then
+        met[name][member] = at; changed[name][member] = true
+        book(week_at(first_met), -b); book(week_at(at), b)
+        progress(stat, first_met, -1); progress(stat, at, 1)
       end
     end
     -- streaks: a link joins two listening days at most `gap` days apart; each link is worth
     -- the streak bonus, booked to the week of its later day
-    if e.listen and redis.call('ZADD', D, 'NX', e.day, e.day) == 1 then
-      local p, n = neighbour(e.day, -1), neighbour(e.day, 1)
+    if listen == 1 and redis.call('ZADD', D, 'NX', day, day) == 1 then
+      local p, n = neighbour(day, -1), neighbour(day, 1)
       local links = 0
-      if p and e.day - p <= gap then book(week(e.day), bonus); links = links + 1 end
-      if n and n - e.day <= gap then book(week(n), bonus); links = links + 1 end
+      if p and day - p <= gap then book(week(day), bonus); links = links + 1 end
+      if n and n - day <= gap then book(week(n), bonus); links = links + 1 end
       if p and n and n - p <= gap then book(week(n), -bonus); links = links - 1 end
       gain = gain + links * bonus
-      local run, cur = 1, e.day
+      local run, cur = 1, day
       while true do local q = neighbour(cur, -1); if q and cur - q <= gap then run = run + 1; cur = q else break end end
-      cur = e.day
+      cur = day
       while true do local q = neighbour(cur, 1); if q and q - cur <= gap then run = run + 1; cur = q else break end end
-      if run > num('best_streak') then redis.call('HSET', S, 'best_streak', run); touched['best_streak'] = true end
+      if run > get('best_streak') then add('best_streak', run - get('best_streak')) end
     end
-    for w, v in pairs(by_week) do
-      if v ~= 0 then weeks[tostring(w)] = incr('wk:' .. w, v) end
-    end
-    local raw = redis.call('HINCRBY', S, 'karma', delta)
-    local earned = redis.call('HINCRBY', S, 'earned', gain)
+    local raw = add('karma', delta)
+    local old_earned = get('earned')
+    local earned = add('earned', gain)
     local unlocked = {}
     for _, a in ipairs(args.achievements) do
-      if redis.call('SISMEMBER', ACH, a[1]) == 0 then
-        local value = (a[2] == 'karma') and earned or num(a[2])
+      if not achieved[a[1]] then
+        local value = (a[2] == 'karma') and earned or get(a[2])
         if value >= a[3] then
+          achieved[a[1]] = true
           redis.call('SADD', ACH, a[1]); unlocked[#unlocked + 1] = {'achievement', a[1]}
           if a[4] ~= '' and redis.call('SADD', AV, a[4]) == 1 then unlocked[#unlocked + 1] = {'avatar', a[4]} end
         end
       end
     end
+    -- earned never falls, so a tier is unlocked exactly when earned first reaches it
     local tier = ''
     for _, t in ipairs(args.tiers) do
       if earned >= t[2] then
         tier = t[1]
-        if redis.call('SADD', AV, t[3]) == 1 then unlocked[#unlocked + 1] = {'avatar', t[3]} end
+        if (first or t[2] > old_earned) and redis.call('SADD', AV, t[3]) == 1 then
+          unlocked[#unlocked + 1] = {'avatar', t[3]}
+        end
       end
     end
-    r.delta = shown(raw) - before
-    r.karma = shown(raw)
-    r.tier = tier
-    r.unlocked = unlocked
-    r.seq = redis.call('HINCRBY', S, 'seq', 1)
+    add('seq', 1)
+    results[#results + 1] = {id, 'applied', shown(raw) - before, shown(raw), tier, unlocked}
   end
-  results[#results + 1] = r
 end
-return cjson.encode({results = results, seq = num('seq'), karma = shown(num('karma')), weeks = weeks, genres = genres})
+
+-- write back: marks and set members in one ZADD each, the hash in one HSET; fields back at
+-- zero are removed, so the state never depends on the path taken
+local function zadd_all(key, flat)
+  for i = 1, #flat, 4000 do redis.call('ZADD', key, unpack(flat, i, math.min(i + 3999, #flat))) end
+end
+zadd_all(M, marks)
+for name, members in pairs(changed) do
+  local flat = {}
+  for m, _ in pairs(members) do flat[#flat + 1] = met[name][m]; flat[#flat + 1] = m end
+  zadd_all(setkey[name], flat)
+end
+local hset, hdel = {}, {}
+for f, _ in pairs(dirty) do
+  if st[f] == 0 then hdel[#hdel + 1] = f else hset[#hset + 1] = f; hset[#hset + 1] = st[f] end
+end
+for i = 1, #hset, 4000 do redis.call('HSET', S, unpack(hset, i, math.min(i + 3999, #hset))) end
+for i = 1, #hdel, 4000 do redis.call('HDEL', S, unpack(hdel, i, math.min(i + 3999, #hdel))) end
+local week_scores, genre_scores = {}, {}
+for w, _ in pairs(weeks) do week_scores[tostring(w)] = get('wk:' .. w) end
+for g, _ in pairs(genres) do genre_scores[g] = get('gk:' .. g) end
+return cjson.encode({results = results, seq = get('seq'), karma = shown(get('karma')),
+                     weeks = week_scores, genres = genre_scores})
 """
 
 BOARD = r"""
@@ -169,9 +210,10 @@ for _, u in ipairs(cjson.decode(ARGV[1])) do
   local v = tonumber(redis.call('HGET', KEYS[2], u[1]) or '-1')
   if u[3] > v then
     local old = redis.call('ZREVRANK', KEYS[1], u[1])
-    redis.call('ZADD', KEYS[1], u[2], u[1])
+    -- a score of 0 is no entry: a board holds the same members whatever path led there
+    if u[2] == 0 then redis.call('ZREM', KEYS[1], u[1]) else redis.call('ZADD', KEYS[1], u[2], u[1]) end
     redis.call('HSET', KEYS[2], u[1], u[3])
-    out[#out + 1] = {u[1], old or -1, redis.call('ZREVRANK', KEYS[1], u[1])}
+    out[#out + 1] = {u[1], old or -1, redis.call('ZREVRANK', KEYS[1], u[1]) or -1}
   end
 end
 local ttl = tonumber(ARGV[2])
@@ -196,7 +238,7 @@ class Applied:
     applied: int = 0
     duplicates: int = 0
     stale: int = 0
-    outputs: list[GamificationEvent] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # GamificationEvent fields
     rank_changes: dict[str, tuple[int | None, int]] = field(default_factory=dict)
 
 
@@ -235,24 +277,23 @@ class GamificationStore:
         users = list(by_user)
         pipe = self.redis.pipeline(transaction=False)
         for user in users:
-            payload = json.dumps([e.to_lua() for e in by_user[user]])
+            payload = json.dumps([e.to_lua() for e in by_user[user]], separators=(",", ":"))
             self._apply(keys=user_keys(user, self.prefix), args=[self.rules.lua_args, payload, now_ms], client=pipe)
         replies = [json.loads(r) for r in pipe.execute()]
 
         boards: dict[str, list[list[Any]]] = defaultdict(list)
         last_applied: dict[str, str] = {}
+        totals = {user: reply["karma"] for user, reply in zip(users, replies, strict=True)}
         for user, reply in zip(users, replies, strict=True):
-            effects_by_id = {e.event_id: e for e in by_user[user]}
             for r in reply["results"]:
-                if r["status"] == "duplicate":
+                if r[1] == "duplicate":
                     out.duplicates += 1
-                    continue
-                if r["status"] == "stale":
+                elif r[1] == "stale":
                     out.stale += 1
-                    continue
-                out.applied += 1
-                last_applied[user] = r["id"]
-                out.outputs.extend(self._events_for(user, r, now))
+                else:
+                    out.applied += 1
+                    last_applied[user] = r[0]
+                    self._events_for(user, r, now, out.outputs)
             if user not in last_applied:
                 continue
             seq = reply["seq"]
@@ -264,7 +305,6 @@ class GamificationStore:
                 boards[f"weekly:{wk}"].append([user, value, seq])
             for genre, value in (reply["genres"] or {}).items():
                 boards[f"genre:{genre}"].append([user, value, seq])
-            del effects_by_id
         if boards:
             names = list(boards)
             pipe = self.redis.pipeline(transaction=False)
@@ -277,25 +317,27 @@ class GamificationStore:
                     continue
                 for user, old, new in json.loads(reply):
                     old_rank = None if old < 0 else old + 1
-                    if old_rank != new + 1:
+                    if new >= 0 and old_rank != new + 1:
                         out.rank_changes[user] = (old_rank, new + 1)
-                        out.outputs.append(GamificationEvent(
-                            event_id=UUID(last_applied[user]), user_id=user, karma_delta=0,
-                            karma_total=next(r["karma"] for u, r in zip(users, replies, strict=True) if u == user),
-                            board="global", old_rank=old_rank, new_rank=new + 1, created_at=now,
-                        ))
+                        out.outputs.append({
+                            "event_id": UUID(last_applied[user]), "user_id": user, "karma_delta": 0,
+                            "karma_total": totals[user], "tier": None, "achievement_unlocked": None,
+                            "avatar_unlocked": None, "board": "global", "old_rank": old_rank,
+                            "new_rank": new + 1, "created_at": now,
+                        })
         return out
 
-    def _events_for(self, user: str, r: dict[str, Any], now: datetime) -> list[GamificationEvent]:
-        base = {"event_id": UUID(r["id"]), "user_id": user, "karma_total": r["karma"],
-                "tier": r["tier"] or None, "created_at": now}
-        events = []
-        if r["delta"] != 0:
-            events.append(GamificationEvent(karma_delta=r["delta"], **base))
-        for kind, name in r["unlocked"] or []:
-            field_name = "achievement_unlocked" if kind == "achievement" else "avatar_unlocked"
-            events.append(GamificationEvent(karma_delta=0, **{field_name: name}, **base))
-        return events
+    @staticmethod
+    def _events_for(user: str, r: list[Any], now: datetime, into: list[dict[str, Any]]) -> None:
+        """GamificationEvent fields (dicts: Serde.encode_fields writes them without a model)."""
+        event_id, _, delta, total, tier, unlocked = r
+        base = {"event_id": UUID(event_id), "user_id": user, "karma_delta": 0, "karma_total": total,
+                "tier": tier or None, "achievement_unlocked": None, "avatar_unlocked": None,
+                "board": None, "old_rank": None, "new_rank": None, "created_at": now}
+        if delta != 0:
+            into.append({**base, "karma_delta": delta})
+        for kind, name in unlocked or []:
+            into.append({**base, ("achievement_unlocked" if kind == "achievement" else "avatar_unlocked"): name})
 
     # --- read side ----------------------------------------------------------------------
     def profile(self, user: str, today: int | None = None) -> dict[str, Any]:

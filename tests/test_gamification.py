@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.gamify import Effect, Rules, effect_for
-from schemas.events import Interaction, Kind
+from schemas.events import GamificationEvent, Interaction, Kind
 from sinks.gamification import GamificationStore, board_key, weekly_board
 from streams.simulator import synthetic_catalogue
 
@@ -177,7 +177,8 @@ def test_karma_total_is_the_sum_of_rule_deltas_over_unique_events(client, spec, 
     s = store(client, rules)
     s.apply(effs, NOW)
     assert s.profile("prop")["karma"] == expected_karma(effs, rules)
-    assert s.top("global") == [("prop", float(expected_karma(effs, rules)))]
+    karma = expected_karma(effs, rules)
+    assert s.top("global") == ([("prop", float(karma))] if karma else [])  # 0 karma: not on the board
 
 
 def _rules_doc() -> dict:
@@ -236,20 +237,21 @@ def test_leaderboards_top_rank_around_and_ties(client) -> None:  # type: ignore[
     # a later event moves dan up and reports the rank change
     again = s.apply(effects([_listen("dan", 0, kind=Kind.LIKE, track_id=CAT.track_ids[0]) for _ in range(3)]), NOW)
     assert again.rank_changes["dan"] == (5, 1)
-    assert any(o.board == "global" and o.new_rank == 1 and o.user_id == "dan" for o in again.outputs)
+    assert any(o["board"] == "global" and o["new_rank"] == 1 and o["user_id"] == "dan" for o in again.outputs)
 
 
 def test_unlocks_emit_gamification_events_once(client) -> None:  # type: ignore[no-untyped-def]
     s = store(client)
     like = _listen("c", 0, kind=Kind.LIKE)
     out = s.apply(effects([like]), NOW).outputs
-    assert {o.achievement_unlocked for o in out} >= {"first_like"}
-    assert {o.avatar_unlocked for o in out} >= {"basic-headphones"}
-    delta = next(o for o in out if o.karma_delta)
-    assert delta.karma_total == RULES.karma["like"] + RULES.karma["new_artist"] and delta.event_id == like.event_id
+    assert {o["achievement_unlocked"] for o in out} >= {"first_like"}
+    assert {o["avatar_unlocked"] for o in out} >= {"basic-headphones"}
+    delta = next(o for o in out if o["karma_delta"])
+    assert delta["karma_total"] == RULES.karma["like"] + RULES.karma["new_artist"] and delta["event_id"] == like.event_id
+    assert all(GamificationEvent.model_validate(o) for o in out)  # every output is a valid contract
     assert s.apply(effects([like]), NOW).outputs == []
     more = s.apply(effects([_listen("c", 0, kind=Kind.LIKE, track_id=CAT.track_ids[i]) for i in range(40)]), NOW)
-    assert "bronze-vinyl" in {o.avatar_unlocked for o in more.outputs}
+    assert "bronze-vinyl" in {o["avatar_unlocked"] for o in more.outputs}
     profile = s.profile("c")
     assert profile["tier"] == "bronze" and "bronze-vinyl" in profile["avatar_items"]
 
