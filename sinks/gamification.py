@@ -100,7 +100,14 @@ local function neighbour(day, dir)
   return tonumber(r[1])
 end
 
+-- per event, six flat fields: id, status (0 applied, 1 duplicate, 2 stale), karma change,
+-- karma total, tier, unlocks ("achievement:x|avatar:y|"); flat arrays cross to the client fastest
 local results, weeks, genres, marks = {}, {}, {}, {}
+local function result(id, status, d, total, tier, unl)
+  local n = #results
+  results[n + 1] = id; results[n + 2] = status; results[n + 3] = d
+  results[n + 4] = total; results[n + 5] = tier; results[n + 6] = unl
+end
 local delta, gain = 0, 0
 -- every amount is booked to a week; their sum is the karma change
 -- (moving an amount between weeks books -v and +v and earns nothing)
@@ -108,9 +115,9 @@ local function book(w, v) weeks[w] = true; add('wk:' .. w, v); delta = delta + v
 for _, e in ipairs(effects) do
   local id, at, day, karma, listen, genre, incr, sets = e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
   if at < now - horizon then
-    results[#results + 1] = {id, 'stale'}
+    result(id, 2, 0, 0, '', '')
   elseif marked[id] then
-    results[#results + 1] = {id, 'duplicate'}
+    result(id, 1, 0, 0, '', '')
   else
     marked[id] = true
     marks[#marks + 1] = math.max(at, now); marks[#marks + 1] = id
@@ -154,14 +161,14 @@ for _, e in ipairs(effects) do
     local raw = add('karma', delta)
     local old_earned = get('earned')
     local earned = add('earned', gain)
-    local unlocked = {}
+    local unlocked = ''
     for _, a in ipairs(args.achievements) do
       if not achieved[a[1]] then
         local value = (a[2] == 'karma') and earned or get(a[2])
         if value >= a[3] then
           achieved[a[1]] = true
-          redis.call('SADD', ACH, a[1]); unlocked[#unlocked + 1] = {'achievement', a[1]}
-          if a[4] ~= '' and redis.call('SADD', AV, a[4]) == 1 then unlocked[#unlocked + 1] = {'avatar', a[4]} end
+          redis.call('SADD', ACH, a[1]); unlocked = unlocked .. 'achievement:' .. a[1] .. '|'
+          if a[4] ~= '' and redis.call('SADD', AV, a[4]) == 1 then unlocked = unlocked .. 'avatar:' .. a[4] .. '|' end
         end
       end
     end
@@ -171,12 +178,12 @@ for _, e in ipairs(effects) do
       if earned >= t[2] then
         tier = t[1]
         if (first or t[2] > old_earned) and redis.call('SADD', AV, t[3]) == 1 then
-          unlocked[#unlocked + 1] = {'avatar', t[3]}
+          unlocked = unlocked .. 'avatar:' .. t[3] .. '|'
         end
       end
     end
     add('seq', 1)
-    results[#results + 1] = {id, 'applied', shown(raw) - before, shown(raw), tier, unlocked}
+    result(id, 0, shown(raw) - before, shown(raw), tier, unlocked)
   end
 end
 
@@ -200,8 +207,8 @@ for i = 1, #hdel, 4000 do redis.call('HDEL', S, unpack(hdel, i, math.min(i + 399
 local week_scores, genre_scores = {}, {}
 for w, _ in pairs(weeks) do week_scores[tostring(w)] = get('wk:' .. w) end
 for g, _ in pairs(genres) do genre_scores[g] = get('gk:' .. g) end
-return cjson.encode({results = results, seq = get('seq'), karma = shown(get('karma')),
-                     weeks = week_scores, genres = genre_scores})
+return {cjson.encode({seq = get('seq'), karma = shown(get('karma')), weeks = week_scores,
+                     genres = genre_scores}), results}
 """
 
 BOARD = r"""
@@ -279,20 +286,24 @@ class GamificationStore:
         for user in users:
             payload = json.dumps([e.to_lua() for e in by_user[user]], separators=(",", ":"))
             self._apply(keys=user_keys(user, self.prefix), args=[self.rules.lua_args, payload, now_ms], client=pipe)
-        replies = [json.loads(r) for r in pipe.execute()]
+        replies = []
+        for summary, flat in pipe.execute():
+            reply = json.loads(summary)
+            reply["results"] = [flat[i:i + 6] for i in range(0, len(flat), 6)]
+            replies.append(reply)
 
         boards: dict[str, list[list[Any]]] = defaultdict(list)
         last_applied: dict[str, str] = {}
         totals = {user: reply["karma"] for user, reply in zip(users, replies, strict=True)}
         for user, reply in zip(users, replies, strict=True):
             for r in reply["results"]:
-                if r[1] == "duplicate":
+                if r[1] == 1:
                     out.duplicates += 1
-                elif r[1] == "stale":
+                elif r[1] == 2:
                     out.stale += 1
                 else:
                     out.applied += 1
-                    last_applied[user] = r[0]
+                    last_applied[user] = r[0].decode()
                     self._events_for(user, r, now, out.outputs)
             if user not in last_applied:
                 continue
@@ -331,13 +342,14 @@ class GamificationStore:
     def _events_for(user: str, r: list[Any], now: datetime, into: list[dict[str, Any]]) -> None:
         """GamificationEvent fields (dicts: Serde.encode_fields writes them without a model)."""
         event_id, _, delta, total, tier, unlocked = r
-        base = {"event_id": UUID(event_id), "user_id": user, "karma_delta": 0, "karma_total": total,
-                "tier": tier or None, "achievement_unlocked": None, "avatar_unlocked": None,
+        base = {"event_id": UUID(event_id.decode()), "user_id": user, "karma_delta": 0, "karma_total": total,
+                "tier": tier.decode() or None, "achievement_unlocked": None, "avatar_unlocked": None,
                 "board": None, "old_rank": None, "new_rank": None, "created_at": now}
         if delta != 0:
             into.append({**base, "karma_delta": delta})
-        for kind, name in unlocked or []:
-            into.append({**base, ("achievement_unlocked" if kind == "achievement" else "avatar_unlocked"): name})
+        for item in filter(None, unlocked.decode().split("|")):
+            kind, name = item.split(":", 1)
+            into.append({**base, f"{kind}_unlocked": name})
 
     # --- read side ----------------------------------------------------------------------
     def profile(self, user: str, today: int | None = None) -> dict[str, Any]:
