@@ -67,6 +67,12 @@ class Rules:
     tiers: tuple[Tier, ...] = ()
     lua_args: str = field(default="", compare=False)
 
+    @property
+    def challenge_windows(self) -> dict[str, tuple[str, int, int]]:
+        """challenge id -> (stat, start ms, end ms)."""
+        return {c.id: (c.stat, int(c.start.timestamp() * 1000), int(c.end.timestamp() * 1000))
+                for c in self.challenges}
+
     def __post_init__(self) -> None:
         missing = set(KARMA_KEYS) - set(self.karma)
         if missing:
@@ -135,11 +141,6 @@ class Effect:
     listening_day: bool = False  # counts toward streaks
     genre: str | None = None
     cohort: str | None = None
-
-    def to_lua(self) -> list[Any]:
-        """The compact form the APPLY script reads (see sinks/gamification.py)."""
-        return [self.event_id, self.at_ms, self.day, self.karma, int(self.listening_day), self.genre or "",
-                self.incr or {"_": 0}, self.sets]
 
 
 def week_of(at: datetime) -> int:

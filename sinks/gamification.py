@@ -16,9 +16,11 @@ board's two keys in one slot)::
                                  base karma of events on that genre's tracks)
     enc:lb:{BOARD}:v      hash   per-listener version (their seq) of the score on the board
 
-Per batch: one pipeline of APPLY calls (one per listener, all their events of the batch), then
-one pipeline of BOARD calls (one per board touched). APPLY marks each event id and applies every
-change to the listener's keys atomically; a redelivered event id changes nothing. BOARD sets
+Per batch: one pipeline of APPLY calls (one per listener: their events of the batch, aggregated),
+then one pipeline of BOARD calls (one per board touched). APPLY checks every event id of the
+listener's batch; if none was applied before it marks them all and applies every change to the
+listener's keys atomically, else it changes nothing and names the applied ones, which the client
+drops before sending the rest again (a redelivered event id changes nothing). BOARD sets
 absolute scores guarded by the listener's seq, so a late or repeated update never overwrites a
 newer one. Every rule is order-independent (sums, set membership, streak links between listening
 days), so the same events in any order or split give the same state.
@@ -34,58 +36,43 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import redis
 
-from agents.gamify import Effect, Rules, week_of
+from agents.gamify import DAY_MS, Effect, Rules, week_of
 
 PREFIX = "enc"
 WEEKLY_TTL_S = 5 * 7 * 86_400
 
 APPLY = r"""
--- ARGV: rules (JSON), effects (JSON list of [id, at_ms, day, karma, listen, genre,
---       {stat: n}, [[set, member, stat, bonus], ...]]), now_ms
+-- One listener's batch, aggregated by the client (see _Batch): ARGV = rules (JSON), batch
+-- (JSON), now_ms. Either every event of the batch is new and all of it is applied, or nothing
+-- is written and the already-applied ids come back ({'dup', ids}) for the client to drop
+-- before it sends the rest again. Check and apply are one atomic script.
 local args = cjson.decode(ARGV[1])
-local effects = cjson.decode(ARGV[2])
+local b = cjson.decode(ARGV[2])
 local now = tonumber(ARGV[3])
 local S, M, D, ACH, AV = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
 local setkey = {artists = KEYS[3], genres = KEYS[4], playlists = KEYS[5]}
 local horizon, gap, bonus, floor = args.horizon_ms, args.link_gap, args.streak_bonus, args.floor
-redis.call('ZREMRANGEBYSCORE', M, '-inf', now - horizon)
 
--- Everything this batch touches is read up front in a few calls (ZMSCORE, SMEMBERS, HGET on
--- first use), applied event by event in Lua tables, and written back once at the end.
+local scores = redis.call('ZMSCORE', M, unpack(b.ids))
+local dups = {}
+for i, id in ipairs(b.ids) do if scores[i] then dups[#dups + 1] = id end end
+if #dups > 0 then return {'dup', dups} end
+redis.call('ZREMRANGEBYSCORE', M, '-inf', now - horizon)
+local marks = {}
+for i, id in ipairs(b.ids) do marks[#marks + 1] = math.max(b.ats[i], now); marks[#marks + 1] = id end
+for i = 1, #marks, 4000 do redis.call('ZADD', M, unpack(marks, i, math.min(i + 3999, #marks))) end
+
+-- the state hash is cached here: each field read at most once, written back once at the end
 local st, dirty = {}, {}
 local function get(f)
   local v = st[f]
   if v == nil then v = tonumber(redis.call('HGET', S, f) or '0'); st[f] = v end
   return v
 end
-local function add(f, n) local v = get(f) + n; st[f] = v; dirty[f] = true; return v end
-local achieved = {}
-for _, a in ipairs(redis.call('SMEMBERS', ACH)) do achieved[a] = true end
-
-local ids, wanted = {}, {artists = {}, genres = {}, playlists = {}}
-for i, e in ipairs(effects) do
-  ids[i] = e[1]
-  for _, s in ipairs(e[8]) do wanted[s[1]][#wanted[s[1]] + 1] = s[2] end
-end
-local marked = {}
-if #ids > 0 then
-  local scores = redis.call('ZMSCORE', M, unpack(ids))
-  for i, id in ipairs(ids) do if scores[i] then marked[id] = true end end
-end
-local met, changed = {}, {}
-for name, members in pairs(wanted) do
-  met[name], changed[name] = {}, {}
-  if #members > 0 then
-    local scores = redis.call('ZMSCORE', setkey[name], unpack(members))
-    for i, m in ipairs(members) do if scores[i] then met[name][m] = tonumber(scores[i]) end end
-  end
-end
-
-local function shown(raw) if raw < floor then return floor end return raw end
+local function add(f, n) if n ~= 0 then st[f] = get(f) + n; dirty[f] = true end end
 local function week(day) return math.floor((day - 1) / 7) end
 local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
 local function progress(stat, at, n)
@@ -100,104 +87,91 @@ local function neighbour(day, dir)
   return tonumber(r[1])
 end
 
--- per event, six flat fields: id, status (0 applied, 1 duplicate, 2 stale), karma change,
--- karma total, tier, unlocks ("achievement:x|avatar:y|"); flat arrays cross to the client fastest
-local results, weeks, genres, marks = {}, {}, {}, {}
-local function result(id, status, d, total, tier, unl)
-  local n = #results
-  results[n + 1] = id; results[n + 2] = status; results[n + 3] = d
-  results[n + 4] = total; results[n + 5] = tier; results[n + 6] = unl
-end
-local delta, gain = 0, 0
+local raw_before, earned_before, first = get('karma'), get('earned'), get('seq') == 0
+local weeks, genres = {}, {}
 -- every amount is booked to a week; their sum is the karma change
--- (moving an amount between weeks books -v and +v and earns nothing)
-local function book(w, v) weeks[w] = true; add('wk:' .. w, v); delta = delta + v end
-for _, e in ipairs(effects) do
-  local id, at, day, karma, listen, genre, incr, sets = e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
-  if at < now - horizon then
-    result(id, 2, 0, 0, '', '')
-  elseif marked[id] then
-    result(id, 1, 0, 0, '', '')
-  else
-    marked[id] = true
-    marks[#marks + 1] = math.max(at, now); marks[#marks + 1] = id
-    local before = shown(get('karma'))
-    local first = get('seq') == 0
-    delta, gain = 0, math.max(karma, 0)
-    book(week_at(at), karma)
-    if genre ~= '' then genres[genre] = true; add('gk:' .. genre, karma) end
-    for stat, n in pairs(incr) do
-      if n ~= 0 then add(stat, n); progress(stat, at, n) end
-    end
-    -- sets remember when the listener first met each member; its bonus and any challenge
-    -- progress belong to that first time, whatever order the events arrive in
-    for _, s in ipairs(sets) do
-      local name, member, stat, b = s[1], s[2], s[3], s[4]
-      local first_met = met[name][member]
+local delta, gain = b.karma, b.gain
+local function book(w, v) weeks[w] = true; add('wk:' .. w, v) end
+for w, v in pairs(b.weeks) do book(tonumber(w), v) end
+for g, v in pairs(b.genres) do genres[g] = true; add('gk:' .. g, v) end
+for stat, n in pairs(b.incr) do add(stat, n) end
+for c, n in pairs(b.ch) do add('ch:' .. c, n) end
+
+-- sets remember when the listener first met each member; its bonus and any challenge progress
+-- belong to that first time, whatever order the events arrive in (b.members[set]: member,
+-- stat, bonus, earliest time in this batch)
+local bonus_members = {}
+for name, list in pairs(b.members) do
+  if #list > 0 then
+    local names = {}
+    for i, m in ipairs(list) do names[i] = m[1] end
+    local met = redis.call('ZMSCORE', setkey[name], unpack(names))
+    local changed = {}
+    for i, m in ipairs(list) do
+      local member, stat, v, at = m[1], m[2], m[3], m[4]
+      local first_met = tonumber(met[i])
       if not first_met then
-        met[name][member] = at; changed[name][member] = true
-        add(stat, 1); book(week_at(at), b); gain = gain + b; progress(stat, at, 1)
+        changed[#changed + 1] = at; changed[#changed + 1] = member
+        add(stat, 1); book(week_at(at), v); delta = delta + v; gain = gain + v; progress(stat, at, 1)
+        if v ~= 0 then bonus_members[#bonus_members + 1] = name .. '\t' .. member end
       elseif at < first_met then
-        met[name][member] = at; changed[name][member] = true
-        book(week_at(first_met), -b); book(week_at(at), b)
+        changed[#changed + 1] = at; changed[#changed + 1] = member
+        book(week_at(first_met), -v); book(week_at(at), v)
         progress(stat, first_met, -1); progress(stat, at, 1)
       end
     end
-    -- streaks: a link joins two listening days at most `gap` days apart; each link is worth
-    -- the streak bonus, booked to the week of its later day
-    if listen == 1 and redis.call('ZADD', D, 'NX', day, day) == 1 then
-      local p, n = neighbour(day, -1), neighbour(day, 1)
-      local links = 0
-      if p and day - p <= gap then book(week(day), bonus); links = links + 1 end
-      if n and n - day <= gap then book(week(n), bonus); links = links + 1 end
-      if p and n and n - p <= gap then book(week(n), -bonus); links = links - 1 end
-      gain = gain + links * bonus
-      local run, cur = 1, day
-      while true do local q = neighbour(cur, -1); if q and cur - q <= gap then run = run + 1; cur = q else break end end
-      cur = day
-      while true do local q = neighbour(cur, 1); if q and q - cur <= gap then run = run + 1; cur = q else break end end
-      if run > get('best_streak') then add('best_streak', run - get('best_streak')) end
-    end
-    local raw = add('karma', delta)
-    local old_earned = get('earned')
-    local earned = add('earned', gain)
-    local unlocked = ''
-    for _, a in ipairs(args.achievements) do
-      if not achieved[a[1]] then
-        local value = (a[2] == 'karma') and earned or get(a[2])
-        if value >= a[3] then
-          achieved[a[1]] = true
-          redis.call('SADD', ACH, a[1]); unlocked = unlocked .. 'achievement:' .. a[1] .. '|'
-          if a[4] ~= '' and redis.call('SADD', AV, a[4]) == 1 then unlocked = unlocked .. 'avatar:' .. a[4] .. '|' end
-        end
-      end
-    end
-    -- earned never falls, so a tier is unlocked exactly when earned first reaches it
-    local tier = ''
-    for _, t in ipairs(args.tiers) do
-      if earned >= t[2] then
-        tier = t[1]
-        if (first or t[2] > old_earned) and redis.call('SADD', AV, t[3]) == 1 then
-          unlocked = unlocked .. 'avatar:' .. t[3] .. '|'
-        end
-      end
-    end
-    add('seq', 1)
-    result(id, 0, shown(raw) - before, shown(raw), tier, unlocked)
+    for i = 1, #changed, 4000 do redis.call('ZADD', setkey[name], unpack(changed, i, math.min(i + 3999, #changed))) end
   end
 end
 
--- write back: marks and set members in one ZADD each, the hash in one HSET; fields back at
--- zero are removed, so the state never depends on the path taken
-local function zadd_all(key, flat)
-  for i = 1, #flat, 4000 do redis.call('ZADD', key, unpack(flat, i, math.min(i + 3999, #flat))) end
+-- streaks: a link joins two listening days at most `gap` days apart; each link is worth the
+-- streak bonus, booked to the week of its later day
+local day_bonus = {}
+for _, day in ipairs(b.days) do
+  if redis.call('ZADD', D, 'NX', day, day) == 1 then
+    local p, n = neighbour(day, -1), neighbour(day, 1)
+    local links = 0
+    if p and day - p <= gap then book(week(day), bonus); links = links + 1 end
+    if n and n - day <= gap then book(week(n), bonus); links = links + 1 end
+    if p and n and n - p <= gap then book(week(n), -bonus); links = links - 1 end
+    delta = delta + links * bonus; gain = gain + links * bonus
+    if links ~= 0 then day_bonus[#day_bonus + 1] = {day, links * bonus} end
+    local run, cur = 1, day
+    while true do local q = neighbour(cur, -1); if q and cur - q <= gap then run = run + 1; cur = q else break end end
+    cur = day
+    while true do local q = neighbour(cur, 1); if q and q - cur <= gap then run = run + 1; cur = q else break end end
+    if run > get('best_streak') then add('best_streak', run - get('best_streak')) end
+  end
 end
-zadd_all(M, marks)
-for name, members in pairs(changed) do
-  local flat = {}
-  for m, _ in pairs(members) do flat[#flat + 1] = met[name][m]; flat[#flat + 1] = m end
-  zadd_all(setkey[name], flat)
+add('karma', delta)
+add('earned', gain)
+add('seq', #b.ids)
+local earned = get('earned')
+
+local unlocked = {}
+local achieved = {}
+for _, a in ipairs(redis.call('SMEMBERS', ACH)) do achieved[a] = true end
+for _, a in ipairs(args.achievements) do
+  if not achieved[a[1]] then
+    local value = (a[2] == 'karma') and earned or get(a[2])
+    if value >= a[3] then
+      redis.call('SADD', ACH, a[1]); unlocked[#unlocked + 1] = 'achievement:' .. a[1]
+      if a[4] ~= '' and redis.call('SADD', AV, a[4]) == 1 then unlocked[#unlocked + 1] = 'avatar:' .. a[4] end
+    end
+  end
 end
+-- earned never falls, so a tier is unlocked exactly when earned first reaches it
+local tier = ''
+for _, t in ipairs(args.tiers) do
+  if earned >= t[2] then
+    tier = t[1]
+    if (first or t[2] > earned_before) and redis.call('SADD', AV, t[3]) == 1 then
+      unlocked[#unlocked + 1] = 'avatar:' .. t[3]
+    end
+  end
+end
+
+-- write back; fields back at zero are removed, so the state never depends on the path taken
 local hset, hdel = {}, {}
 for f, _ in pairs(dirty) do
   if st[f] == 0 then hdel[#hdel + 1] = f else hset[#hset + 1] = f; hset[#hset + 1] = st[f] end
@@ -207,8 +181,9 @@ for i = 1, #hdel, 4000 do redis.call('HDEL', S, unpack(hdel, i, math.min(i + 399
 local week_scores, genre_scores = {}, {}
 for w, _ in pairs(weeks) do week_scores[tostring(w)] = get('wk:' .. w) end
 for g, _ in pairs(genres) do genre_scores[g] = get('gk:' .. g) end
-return {cjson.encode({seq = get('seq'), karma = shown(get('karma')), weeks = week_scores,
-                     genres = genre_scores}), results}
+return {'ok', cjson.encode({raw_before = raw_before, raw = get('karma'), seq = get('seq'), tier = tier,
+  weeks = week_scores, genres = genre_scores, unlocked = unlocked, bonus_members = bonus_members,
+  day_bonus = day_bonus})}
 """
 
 BOARD = r"""
@@ -228,6 +203,113 @@ if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl); redis.call('EXPIRE', KEYS[2]
 if #out == 0 then return '[]' end
 return cjson.encode(out)
 """
+
+
+def _week_at(ms: int) -> int:
+    """Monday-based week number of a UTC time in ms (as week_of, and as the script's week_at)."""
+    return (ms // DAY_MS + 719_163 - 1) // 7
+
+
+class _Batch:
+    """One listener's events of a batch, aggregated for the APPLY script: event ids (to mark)
+    and distinct set members and listening days go one by one; everything else as sums."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.effects: list[Effect] = []
+        self.ids: set[str] = set()
+        self.cohort: str | None = None
+
+    def add(self, e: Effect) -> bool:
+        """False if this event id is already in the batch."""
+        if e.event_id in self.ids:
+            return False
+        self.ids.add(e.event_id)
+        self.effects.append(e)
+        if e.cohort:
+            self.cohort = e.cohort
+        return True
+
+    def without(self, ids: set[str]) -> _Batch:
+        other = _Batch(self.rules)
+        for e in self.effects:
+            if e.event_id not in ids:
+                other.add(e)
+        return other
+
+    def payload(self) -> str:
+        weeks: dict[int, int] = defaultdict(int)
+        genres: dict[str, int] = defaultdict(int)
+        incr: dict[str, int] = defaultdict(int)
+        ch: dict[str, int] = defaultdict(int)
+        members: dict[str, dict[str, list[Any]]] = defaultdict(dict)
+        days: set[int] = set()
+        karma = gain = 0
+        windows = self.rules.challenge_windows
+        for e in self.effects:
+            karma += e.karma
+            gain += max(e.karma, 0)
+            weeks[_week_at(e.at_ms)] += e.karma
+            if e.genre:
+                genres[e.genre] += e.karma
+            for stat, n in e.incr.items():
+                incr[stat] += n
+                for cid, (cstat, start, end) in windows.items():
+                    if cstat == stat and start <= e.at_ms < end:
+                        ch[cid] += n
+            for name, member, stat, bonus in e.sets:
+                seen = members[name].get(member)
+                if seen is None or e.at_ms < seen[3]:
+                    members[name][member] = [member, stat, bonus, e.at_ms]
+            if e.listening_day:
+                days.add(e.day)
+        # (cjson reads an empty object as an empty array and the reverse: "_" keeps them objects)
+        return json.dumps({
+            "ids": [e.event_id for e in self.effects], "ats": [e.at_ms for e in self.effects],
+            "karma": karma, "gain": gain, "weeks": {str(w): v for w, v in weeks.items()} or {"_": 0},
+            "genres": genres or {"_": 0}, "incr": incr or {"_": 0}, "ch": ch or {"_": 0},
+            "members": {n: list(m.values()) for n, m in members.items()} or {"_": []},
+            "days": sorted(days),
+        }, separators=(",", ":"))
+
+    def outputs(self, user: str, reply: dict[str, Any], floor: int, now: datetime,
+                into: list[dict[str, Any]]) -> None:
+        """GamificationEvent fields for every event that moved the karma, in event order;
+        unlocks are reported on the listener's last event of the batch. A bonus goes to the event
+        that earned it: the earliest one meeting a new artist / playlist, the first listen of a
+        new day."""
+        first_meet: dict[tuple[str, str], tuple[int, str, int]] = {}
+        first_listen: dict[int, str] = {}
+        for e in self.effects:
+            for name, member, _, bonus in e.sets:
+                key = (name, member)
+                if key not in first_meet or e.at_ms < first_meet[key][0]:
+                    first_meet[key] = (e.at_ms, e.event_id, bonus)
+            if e.listening_day and e.day not in first_listen:
+                first_listen[e.day] = e.event_id
+        extra: dict[str, int] = defaultdict(int)
+        for item in reply["bonus_members"] or []:
+            name, member = item.split("\t", 1)
+            _, event_id, bonus = first_meet[(name, member)]
+            extra[event_id] += bonus
+        for day, amount in reply["day_bonus"] or []:
+            extra[first_listen[day]] += amount
+        raw = reply["raw_before"]
+        shown = max(floor, raw)
+        base = {"user_id": user, "tier": reply["tier"] or None, "achievement_unlocked": None,
+                "avatar_unlocked": None, "board": None, "old_rank": None, "new_rank": None,
+                "created_at": now}
+        for e in self.effects:
+            raw += e.karma + extra.get(e.event_id, 0)
+            before, shown = shown, max(floor, raw)
+            if shown != before:
+                into.append({**base, "event_id": e.event_id, "karma_delta": shown - before, "karma_total": shown})
+        if raw != reply["raw"]:
+            raise RuntimeError(f"karma bookkeeping for {user} out of step with Redis ({raw} != {reply['raw']})")
+        for item in reply["unlocked"] or []:
+            kind, name = item.split(":", 1)
+            into.append({**base, "event_id": self.effects[-1].event_id, "karma_delta": 0,
+                         "karma_total": shown, f"{kind}_unlocked": name})
 
 
 def user_keys(user: str, prefix: str = PREFIX) -> list[str]:
@@ -278,40 +360,47 @@ class GamificationStore:
         if not effects:
             return out
         now_ms = int(now.timestamp() * 1000)
-        by_user: dict[str, list[Effect]] = defaultdict(list)
+        oldest = now_ms - int(self.rules.horizon_days * DAY_MS)
+        pending: dict[str, _Batch] = {}
         for e in effects:
-            by_user[e.user_id].append(e)
-        users = list(by_user)
-        pipe = self.redis.pipeline(transaction=False)
-        for user in users:
-            payload = json.dumps([e.to_lua() for e in by_user[user]], separators=(",", ":"))
-            self._apply(keys=user_keys(user, self.prefix), args=[self.rules.lua_args, payload, now_ms], client=pipe)
-        replies = []
-        for summary, flat in pipe.execute():
-            reply = json.loads(summary)
-            reply["results"] = [flat[i:i + 6] for i in range(0, len(flat), 6)]
-            replies.append(reply)
+            if e.at_ms < oldest:
+                out.stale += 1  # too old to be sure it was not applied before: refused
+                continue
+            batch = pending.get(e.user_id)
+            if batch is None:
+                batch = pending[e.user_id] = _Batch(self.rules)
+            if not batch.add(e):
+                out.duplicates += 1
+        done: dict[str, tuple[_Batch, dict[str, Any]]] = {}
+        for _ in range(5):  # one more round per redelivery found: already-applied ids are dropped
+            users = [u for u, b in pending.items() if b.effects]
+            if not users:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for user in users:
+                self._apply(keys=user_keys(user, self.prefix),
+                            args=[self.rules.lua_args, pending[user].payload(), now_ms], client=pipe)
+            retry: dict[str, _Batch] = {}
+            for user, (status, body) in zip(users, pipe.execute(), strict=True):
+                if status == b"ok":
+                    done[user] = (pending[user], json.loads(body))
+                else:
+                    already = {i.decode() for i in body}
+                    out.duplicates += len(already)
+                    retry[user] = pending[user].without(already)
+            pending = retry
+        else:
+            raise RuntimeError("listener batches kept meeting concurrent writers; retry the batch")
 
         boards: dict[str, list[list[Any]]] = defaultdict(list)
-        last_applied: dict[str, str] = {}
-        totals = {user: reply["karma"] for user, reply in zip(users, replies, strict=True)}
-        for user, reply in zip(users, replies, strict=True):
-            for r in reply["results"]:
-                if r[1] == 1:
-                    out.duplicates += 1
-                elif r[1] == 2:
-                    out.stale += 1
-                else:
-                    out.applied += 1
-                    last_applied[user] = r[0].decode()
-                    self._events_for(user, r, now, out.outputs)
-            if user not in last_applied:
-                continue
-            seq = reply["seq"]
-            boards["global"].append([user, reply["karma"], seq])
-            cohort = next((e.cohort for e in reversed(by_user[user]) if e.cohort), None)
-            if cohort:
-                boards[f"cohort:{cohort}"].append([user, reply["karma"], seq])
+        floor = self.rules.karma["floor"]
+        for user, (batch, reply) in done.items():
+            out.applied += len(batch.effects)
+            batch.outputs(user, reply, floor, now, out.outputs)
+            seq, karma = reply["seq"], max(floor, reply["raw"])
+            boards["global"].append([user, karma, seq])
+            if batch.cohort:
+                boards[f"cohort:{batch.cohort}"].append([user, karma, seq])
             for wk, value in (reply["weeks"] or {}).items():
                 boards[f"weekly:{wk}"].append([user, value, seq])
             for genre, value in (reply["genres"] or {}).items():
@@ -329,27 +418,15 @@ class GamificationStore:
                 for user, old, new in json.loads(reply):
                     old_rank = None if old < 0 else old + 1
                     if new >= 0 and old_rank != new + 1:
+                        batch, summary = done[user]
                         out.rank_changes[user] = (old_rank, new + 1)
                         out.outputs.append({
-                            "event_id": UUID(last_applied[user]), "user_id": user, "karma_delta": 0,
-                            "karma_total": totals[user], "tier": None, "achievement_unlocked": None,
-                            "avatar_unlocked": None, "board": "global", "old_rank": old_rank,
-                            "new_rank": new + 1, "created_at": now,
+                            "event_id": batch.effects[-1].event_id, "user_id": user, "karma_delta": 0,
+                            "karma_total": max(floor, summary["raw"]), "tier": None,
+                            "achievement_unlocked": None, "avatar_unlocked": None, "board": "global",
+                            "old_rank": old_rank, "new_rank": new + 1, "created_at": now,
                         })
         return out
-
-    @staticmethod
-    def _events_for(user: str, r: list[Any], now: datetime, into: list[dict[str, Any]]) -> None:
-        """GamificationEvent fields (dicts: Serde.encode_fields writes them without a model)."""
-        event_id, _, delta, total, tier, unlocked = r
-        base = {"event_id": UUID(event_id.decode()), "user_id": user, "karma_delta": 0, "karma_total": total,
-                "tier": tier.decode() or None, "achievement_unlocked": None, "avatar_unlocked": None,
-                "board": None, "old_rank": None, "new_rank": None, "created_at": now}
-        if delta != 0:
-            into.append({**base, "karma_delta": delta})
-        for item in filter(None, unlocked.decode().split("|")):
-            kind, name = item.split(":", 1)
-            into.append({**base, f"{kind}_unlocked": name})
 
     # --- read side ----------------------------------------------------------------------
     def profile(self, user: str, today: int | None = None) -> dict[str, Any]:

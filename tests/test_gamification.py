@@ -247,7 +247,7 @@ def test_unlocks_emit_gamification_events_once(client) -> None:  # type: ignore[
     assert {o["achievement_unlocked"] for o in out} >= {"first_like"}
     assert {o["avatar_unlocked"] for o in out} >= {"basic-headphones"}
     delta = next(o for o in out if o["karma_delta"])
-    assert delta["karma_total"] == RULES.karma["like"] + RULES.karma["new_artist"] and delta["event_id"] == like.event_id
+    assert delta["karma_total"] == RULES.karma["like"] + RULES.karma["new_artist"] and delta["event_id"] == str(like.event_id)
     assert all(GamificationEvent.model_validate(o) for o in out)  # every output is a valid contract
     assert s.apply(effects([like]), NOW).outputs == []
     more = s.apply(effects([_listen("c", 0, kind=Kind.LIKE, track_id=CAT.track_ids[i]) for i in range(40)]), NOW)
