@@ -73,6 +73,17 @@ local function get(f)
   return v
 end
 local function add(f, n) if n ~= 0 then st[f] = get(f) + n; dirty[f] = true end end
+do  -- one HMGET for every field this batch is known to read
+  local fields = {'karma', 'earned', 'seq', 'best_streak'}
+  for w, _ in pairs(b.weeks) do fields[#fields + 1] = 'wk:' .. w end
+  for g, _ in pairs(b.genres) do fields[#fields + 1] = 'gk:' .. g end
+  for stat, _ in pairs(b.incr) do fields[#fields + 1] = stat end
+  for c, spec in pairs(args.challenges) do fields[#fields + 1] = 'ch:' .. c end
+  for _, a in ipairs(args.achievements) do fields[#fields + 1] = a[2] end
+  for _, list in pairs(b.members) do if list[1] then fields[#fields + 1] = list[1][2] end end
+  local values = redis.call('HMGET', S, unpack(fields))
+  for i, f in ipairs(fields) do st[f] = tonumber(values[i] or '0') end
+end
 local function week(day) return math.floor((day - 1) / 7) end
 local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
 local function progress(stat, at, n)
