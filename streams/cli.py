@@ -183,7 +183,9 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
     from streams.simloop import ClosedLoop
     from streams.simulator import World
 
-    world = World(load_catalogue(settings.catalogue), n_listeners=args.listeners, seed=args.seed)
+    run_id = args.run_id or uuid.uuid4().hex[:8]
+    console.print(f"simulation run {run_id} (seed {args.seed}; --run-id {run_id} replays it, event ids included)")
+    world = World(load_catalogue(settings.catalogue), n_listeners=args.listeners, seed=args.seed, run_id=run_id)
     loop = ClosedLoop(settings, world, concurrency=args.concurrency, slate_size=settings.slate_size,
                       bad_rate=args.bad_rate, seed=args.seed)
     before = _worker_counts(settings)
@@ -250,6 +252,7 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
         i = cat.index[track]
         top.add_row(track, cat.artist_ids[i], cat.genre_of(i), str(n))
     console.print(top)
+    print_gamification(settings)
     console.print(
         "[bold]Where to look next[/bold]\n"
         f"  slates:       .venv/bin/encore tail encore.recommendations --max 3\n"
@@ -257,6 +260,46 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
         f"  metrics:      curl http://{settings.web_host}:{settings.web_port}/metrics\n"
         f"  logs:         {settings.log_dir}/worker.log\n"
         "  stop:         make down"
+    )
+
+
+def print_gamification(settings: Settings) -> None:
+    """The top of the global leaderboard and the leader's profile, read back from Redis."""
+    if not settings.gamification_enabled:
+        return
+    import redis
+
+    from agents.gamify import Rules
+    from sinks.gamification import GamificationStore
+
+    try:
+        store = GamificationStore(redis.Redis.from_url(settings.redis_url), Rules.from_toml(settings.gamification_rules),
+                                  prefix=settings.redis_prefix)
+        top = store.top("global", 5)
+    except redis.RedisError as exc:
+        console.print(f"[red]leaderboard unavailable: {exc}; is Redis at {settings.redis_url} up? (`make up`)[/red]")
+        return
+    board = Table(title="Leaderboard (global karma)")
+    for col in ("rank", "listener", "karma"):
+        board.add_column(col)
+    for rank, (user, score) in enumerate(top, start=1):
+        board.add_row(str(rank), user, f"{score:,.0f}")
+    console.print(board)
+    if not top:
+        return
+    p = store.profile(top[0][0])
+    unlocked = [a["title"] for a in p["achievements"] if a["unlocked"]]
+    nearest = sorted((a for a in p["achievements"] if not a["unlocked"]),
+                     key=lambda a: a["progress"] / a["target"], reverse=True)[:2]
+    challenges = [f"{c['title']}: {c['progress']}/{c['target']}" for c in p["challenges"]]
+    next_up = ", ".join(f"{a['title']} {a['progress']}/{a['target']}" for a in nearest)
+    console.print(
+        f"[bold]Profile of {p['user_id']}[/bold]: karma {p['karma']:,} (earned {p['earned']:,}), tier {p['tier']}, "
+        f"streak {p['streak']} day(s) (best {p['best_streak']})\n"
+        f"  avatar items: {', '.join(p['avatar_items']) or '-'}\n"
+        f"  achievements: {', '.join(unlocked) or '-'}\n"
+        f"  next up:      {next_up or '-'}\n"
+        f"  challenges:   {'; '.join(challenges) or '-'}"
     )
 
 
@@ -289,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--bad-rate", type=float, default=0.005 if name == "demo" else 0.0,
                        help="share of requests followed by a malformed record (DLQ path)")
         p.add_argument("--seed", type=int, default=11)
+        p.add_argument("--run-id", default="", help="event-id namespace; default: a fresh one per run")
     sub.add_parser("topics", help="create the topic catalogue and list it")
     args = parser.parse_args(argv)
     settings = load_settings()

@@ -97,6 +97,7 @@ class Listener:
     devices: tuple[str, ...]
     temper: float  # > 0: skips more readily
     rng: np.random.Generator = field(repr=False)
+    id_space: uuid.UUID = field(repr=False, default=uuid.NAMESPACE_OID)
     sessions: int = 0
 
 
@@ -107,9 +108,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class World:
     """The catalogue, the listeners and the rules of how they react."""
 
-    def __init__(self, catalogue: Catalogue, n_listeners: int = 500, seed: int = 11) -> None:
+    def __init__(self, catalogue: Catalogue, n_listeners: int = 500, seed: int = 11, run_id: str = "") -> None:
+        """``run_id`` makes event ids unique to a run (a worker de-duplicates ids it has seen);
+        the same seed and run id replay the same events, ids included."""
         if n_listeners < 1:
             raise ValueError("n_listeners must be >= 1")
+        self.run_id = run_id
+        id_space = uuid.uuid5(uuid.NAMESPACE_URL, f"encore-sim:{seed}:{run_id}")
         self.catalogue = catalogue
         self.seed = seed
         rng = np.random.default_rng(seed)
@@ -131,6 +136,7 @@ class World:
                     devices=tuple(rng.choice(DEVICES, size=2, replace=False, p=_DEVICE_P)),
                     temper=float(rng.normal(0.0, 0.3)),
                     rng=np.random.default_rng([seed, u]),
+                    id_space=id_space,
                 )
             )
         self.by_id = {listener.user_id: listener for listener in self.listeners}
@@ -256,15 +262,17 @@ class Session:
     skips: int = 0
     reward: float = 0.0
     oracle_reward: float = 0.0
+    events: int = 0
     p_complete: np.ndarray | None = field(default=None, repr=False)
     oracle_p: float = 0.0
 
     def event(self, kind: Kind, **fields: object) -> Interaction:
         rng = self.listener.rng
+        self.events += 1
         local = self.clock.astimezone(ZoneInfo(self.listener.zone))
         self.clock += timedelta(milliseconds=int(rng.integers(50, 400)))
         return Interaction(
-            event_id=uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | int(rng.integers(0, 2**63)), version=4),
+            event_id=uuid.uuid5(self.listener.id_space, f"{self.session_id}:{self.events}"),
             user_id=self.listener.user_id,
             session_id=self.session_id,
             occurred_at=self.clock,

@@ -84,3 +84,16 @@ def test_listeners_listen_mostly_around_their_peak_hour() -> None:
                 far_n += 1
                 far += world.wants_to_listen(listener, at)
     assert near / near_n > 0.8 and far / far_n < 0.2
+
+
+def test_run_id_changes_event_ids_but_not_behaviour() -> None:
+    def play(run_id: str) -> list[tuple[str, str | None, str]]:
+        world = World(synthetic_catalogue(5, 200), n_listeners=3, seed=8, run_id=run_id)
+        session = world.start_session(world.listeners[0], START)
+        events = [world.request(session), *world.react(session, uuid.uuid4(), list(world.catalogue.track_ids[:10]))]
+        return [(str(e.event_id), e.track_id, str(e.kind)) for e in events]
+
+    a, b, a_again = play("run-a"), play("run-b"), play("run-a")
+    assert a == a_again
+    assert [x[1:] for x in a] == [x[1:] for x in b]
+    assert not {x[0] for x in a} & {x[0] for x in b}
