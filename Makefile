@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_SECONDS ?= 60
 
-.PHONY: install system-deps up down status demo test lint schemas clean
+.PHONY: install system-deps up down status demo test lint schemas clean bench bench-karma
 
 install: $(STAMP) system-deps
 
@@ -41,6 +41,11 @@ demo: up
 test: install
 	$(PY) -m schemas.avro --check
 	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: bench-karma
+
+bench-karma: install
+	$(PY) -m bench.karma_bench
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 """Karma throughput: Encore's batched Lua apply vs one round trip per event vs raw ZINCRBY.
 
-    .venv/bin/python -m bench.karma_bench [--events 200000] [--batch 2000] [--naive 20000]
+    .venv/bin/python -m bench.karma_bench [--events 100000] [--batch 2000] [--naive 20000]
 
 Starts its own redis-server on a free loopback port (nothing else shares it), builds a
 listening stream with the simulator, turns it into karma effects, then in one run measures:
@@ -64,7 +64,7 @@ def rate(n: int, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--listeners", type=int, default=5_000)
     ap.add_argument("--batch", type=int, default=2_000, help="events per worker batch")
     ap.add_argument("--naive", type=int, default=20_000, help="events for the one-at-a-time run")
