@@ -26,6 +26,7 @@ from online_models.catalogue import Catalogue
 from online_models.popularity import ContextPopularity
 from schemas.events import GamificationEvent
 from schemas.wire import SchemaCatalogue, Serde
+from sinks.clickhouse import AnalyticsSink, ClickHouseStore, offsets_token
 from sinks.gamification import GamificationStore
 from streams.app import create_app
 from streams.settings import Settings, load_settings
@@ -62,6 +63,10 @@ class Metrics:
                              ["outcome"], registry=registry)
         self.gamification_out = Counter("encore_gamification_events_total", "GamificationEvents published",
                                         registry=registry)
+        self.sink_rows = Counter("encore_sink_rows_total", "Rows written to ClickHouse", ["table"], registry=registry)
+        self.sink_seconds = Histogram("encore_sink_flush_seconds", "ClickHouse flush time per batch",
+                                      registry=registry)
+        self.sink_failures = Counter("encore_sink_failures_total", "ClickHouse flushes that failed", registry=registry)
         self.batch_seconds = Histogram("encore_batch_seconds", "Time to process and deliver one batch",
                                        registry=registry)
 
@@ -82,6 +87,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     if settings.gamification_enabled:
         rules = Rules.from_toml(settings.gamification_rules)
         store = GamificationStore(redis.Redis.from_url(settings.redis_url), rules, prefix=settings.redis_prefix)
+    analytics = None
+    if settings.analytics_enabled:
+        clickhouse = ClickHouseStore(settings.clickhouse_dsn)
+        for name in clickhouse.migrate():
+            log.info("clickhouse migration applied: %s", name)
+        analytics = AnalyticsSink(clickhouse, catalogue)
+        snapshots = AnalyticsSink(clickhouse)  # its own buffer: the timer runs beside the agent
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic(EVENTS.name), partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic(DLQ.name), partitions=settings.partitions, **raw)
@@ -120,6 +132,19 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 metrics.karma.labels("applied").inc(applied.applied)
                 metrics.karma.labels("duplicate").inc(applied.duplicates)
                 metrics.karma.labels("stale").inc(applied.stale)
+            if analytics is not None:
+                analytics.add_events(result.events, now)
+                analytics.add_recommendations(slates)
+                analytics.add_gamification(rewards)
+                token = offsets_token((r.topic, r.partition, r.offset) for r in records)
+                try:
+                    flushed = await asyncio.to_thread(analytics.flush, token)
+                except Exception:
+                    metrics.sink_failures.inc()
+                    raise  # the batch is not acknowledged; the agent restarts on it
+                metrics.sink_seconds.observe(flushed.seconds)
+                for table, n in flushed.rows.items():
+                    metrics.sink_rows.labels(table).inc(n)
             pending = []
             for out in rewards:
                 value = serde.encode_fields(GamificationEvent, out)
@@ -139,6 +164,20 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             metrics.batch.observe(len(records))
             metrics.batch_seconds.observe(time.perf_counter() - started)
             state["batches"] += 1
+
+    if analytics is not None and store is not None:
+
+        @app.timer(settings.snapshot_interval_s)
+        async def snapshot_leaderboard() -> None:
+            taken = datetime.now(UTC)
+            top = await asyncio.to_thread(store.top, "global", 20)
+            snapshots.add_snapshot("global", top, taken)
+            await asyncio.to_thread(snapshots.flush, f"snapshot:{taken:%Y%m%d%H%M%S}")
+
+    if analytics is not None:
+        from dashboard.web import register_dashboard
+
+        register_dashboard(app, analytics.store, store)
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

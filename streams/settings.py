@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     gamification_rules: Path = ROOT / "deploy" / "config" / "gamification.toml"
     redis_prefix: str = Field("enc", description="prefix of every Redis key")
 
+    # --- analytics ----------------------------------------------------------------------
+    analytics_enabled: bool = True
+    snapshot_interval_s: float = Field(30.0, gt=0, description="leaderboard snapshot period")
+
     # --- producer SDK --------------------------------------------------------------------
     producer_linger_ms: int = Field(20, ge=0)
     producer_batch_events: int = Field(200, ge=1, le=1000)

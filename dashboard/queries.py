@@ -1,0 +1,188 @@
+"""Every dashboard query, parameterised, in one place. Each takes a ``query(sql, params)``
+callable (``ClickHouseStore.query``) and returns plain JSON-able data.
+
+Time windows are relative to the newest data (not the wall clock), so a replayed or simulated
+history reads the same as live traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Query = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def listening_heatmap(q: Query, user: str | None = None) -> dict[str, Any]:
+    """Plays by local weekday x hour: a 7 x 24 matrix (overall, or one listener's)."""
+    rows = q(
+        "SELECT weekday, local_hour, count() AS plays FROM events FINAL "
+        "WHERE kind = 'play_start' AND ({user:String} = '' OR user_id = {user:String}) "
+        "GROUP BY weekday, local_hour",
+        {"user": user or ""},
+    )
+    z = [[0] * 24 for _ in range(7)]
+    for r in rows:
+        z[int(r["weekday"])][int(r["local_hour"])] = int(r["plays"])
+    return {"weekdays": list(WEEKDAYS), "hours": list(range(24)), "plays": z}
+
+
+def activity_by_hour(q: Query, user: str | None = None) -> dict[str, Any]:
+    """Mood / activity patterns over the day: plays per local hour for each activity."""
+    rows = q(
+        "SELECT activity, local_hour, count() AS plays FROM events FINAL "
+        "WHERE kind = 'play_start' AND ({user:String} = '' OR user_id = {user:String}) "
+        "GROUP BY activity, local_hour ORDER BY activity, local_hour",
+        {"user": user or ""},
+    )
+    series: dict[str, list[int]] = {}
+    for r in rows:
+        series.setdefault(r["activity"], [0] * 24)[int(r["local_hour"])] = int(r["plays"])
+    return {"hours": list(range(24)), "series": series}
+
+
+def recommendation_rates(q: Query) -> list[dict[str, Any]]:
+    """Per policy: items shown, and the share played, completed, skipped and liked."""
+    rows = q(
+        """
+        WITH feedback AS (
+            SELECT assumeNotNull(rec_id) AS rec_id, track_id,
+                   max(kind = 'play_start') AS played, max(kind = 'play_end') AS completed,
+                   max(kind = 'skip') AS skipped, max(kind = 'like') AS liked
+            FROM events FINAL WHERE rec_id IS NOT NULL GROUP BY rec_id, track_id
+        )
+        SELECT r.policy_id AS policy, count() AS shown, sum(f.played) AS played,
+               sum(f.completed) AS completed, sum(f.skipped) AS skipped, sum(f.liked) AS liked
+        FROM recommendations AS r FINAL
+        LEFT JOIN feedback AS f ON r.rec_id = f.rec_id AND r.track_id = f.track_id
+        GROUP BY policy ORDER BY policy
+        """,
+        {},
+    )
+    out = []
+    for r in rows:
+        shown, played = int(r["shown"]), int(r["played"])
+        out.append({
+            "policy": r["policy"], "shown": shown, "played": played,
+            "completion_rate": int(r["completed"]) / played if played else 0.0,
+            "skip_rate": int(r["skipped"]) / played if played else 0.0,
+            "like_rate": int(r["liked"]) / played if played else 0.0,
+            "play_rate": played / shown if shown else 0.0,
+        })
+    return out
+
+
+def top_tracks(q: Query, n: int = 10, hours: int = 24) -> list[dict[str, Any]]:
+    """Most completed tracks in the last ``hours`` of data (from the aggregate table)."""
+    return q(
+        "SELECT track_id, any(artist_id) AS artist_id, any(genre) AS genre, "
+        "uniqExactMerge(completions) AS completions, uniqExactMerge(skips) AS skips "
+        "FROM track_context_hourly WHERE hour > (SELECT max(hour) FROM track_context_hourly) "
+        "- toIntervalHour({hours:UInt32}) GROUP BY track_id ORDER BY completions DESC, track_id LIMIT {n:UInt32}",
+        {"n": n, "hours": hours},
+    )
+
+
+def rising_artists(q: Query, n: int = 10, hours: int = 6) -> list[dict[str, Any]]:
+    """Artists whose completions grew most in the last ``hours`` of data vs the ``hours`` before."""
+    return q(
+        """
+        WITH (SELECT max(hour) FROM track_context_hourly) AS newest
+        SELECT artist_id,
+               sumIf(c, hour > newest - toIntervalHour({hours:UInt32})) AS recent,
+               sumIf(c, hour <= newest - toIntervalHour({hours:UInt32})) AS before,
+               recent - before AS growth
+        FROM (
+            SELECT hour, artist_id, uniqExactMerge(completions) AS c FROM track_context_hourly
+            WHERE hour > newest - toIntervalHour(2 * {hours:UInt32}) GROUP BY hour, artist_id
+        )
+        GROUP BY artist_id HAVING recent > 0 ORDER BY growth DESC, artist_id LIMIT {n:UInt32}
+        """,
+        {"n": n, "hours": hours},
+    )
+
+
+def karma_progression(q: Query, user: str) -> list[dict[str, Any]]:
+    """A listener's karma total after each change, in time order."""
+    return q(
+        "SELECT created_at AS at, karma_total AS karma FROM karma_history FINAL "
+        "WHERE user_id = {user:String} AND what = 'karma' ORDER BY created_at, event_id",
+        {"user": user},
+    )
+
+
+def unlocks(q: Query, user: str) -> list[dict[str, Any]]:
+    """Achievements and avatar items a listener unlocked, with when."""
+    return q(
+        "SELECT what, min(created_at) AS at FROM karma_history FINAL WHERE user_id = {user:String} "
+        "AND (startsWith(what, 'achievement:') OR startsWith(what, 'avatar:')) GROUP BY what ORDER BY at",
+        {"user": user},
+    )
+
+
+def leaderboard_history(q: Query, board: str = "global", top: int = 5) -> dict[str, Any]:
+    """Score over time of the listeners who are in the top ``top`` of the latest snapshot."""
+    rows = q(
+        """
+        WITH leaders AS (
+            SELECT user_id FROM leaderboard_snapshots FINAL WHERE board = {board:String}
+              AND taken_at = (SELECT max(taken_at) FROM leaderboard_snapshots WHERE board = {board:String})
+              AND rank <= {top:UInt32}
+        )
+        SELECT taken_at, user_id, score, rank FROM leaderboard_snapshots FINAL
+        WHERE board = {board:String} AND user_id IN leaders ORDER BY taken_at, rank
+        """,
+        {"board": board, "top": top},
+    )
+    series: dict[str, dict[str, list[Any]]] = {}
+    for r in rows:
+        s = series.setdefault(r["user_id"], {"at": [], "score": [], "rank": []})
+        s["at"].append(r["taken_at"].isoformat())
+        s["score"].append(float(r["score"]))
+        s["rank"].append(int(r["rank"]))
+    return {"board": board, "series": series}
+
+
+def artist_graph(q: Query, user: str, n: int = 12) -> dict[str, Any]:
+    """The listener's most completed artists, linked by co-listening: an edge's weight is how
+    many listeners completed tracks of both artists."""
+    nodes = q(
+        "SELECT artist_id, count() AS plays FROM events FINAL WHERE user_id = {user:String} "
+        "AND kind = 'play_end' AND artist_id != '' GROUP BY artist_id ORDER BY plays DESC, artist_id "
+        "LIMIT {n:UInt32}",
+        {"user": user, "n": n},
+    )
+    if not nodes:
+        return {"nodes": [], "edges": []}
+    edges = q(
+        """
+        WITH listened AS (
+            SELECT DISTINCT user_id, artist_id FROM events FINAL
+            WHERE kind = 'play_end' AND has({artists:Array(String)}, artist_id)
+        )
+        SELECT a.artist_id AS source, b.artist_id AS target, count() AS weight
+        FROM listened AS a INNER JOIN listened AS b ON a.user_id = b.user_id
+        WHERE a.artist_id < b.artist_id GROUP BY source, target ORDER BY weight DESC, source, target
+        """,
+        {"artists": [r["artist_id"] for r in nodes]},
+    )
+    return {"nodes": [{"id": r["artist_id"], "plays": int(r["plays"])} for r in nodes],
+            "edges": [{"source": e["source"], "target": e["target"], "weight": int(e["weight"])} for e in edges]}
+
+
+def throughput(q: Query, minutes: int = 60) -> list[dict[str, Any]]:
+    """Events ingested per minute over the last ``minutes`` of ingestion."""
+    return q(
+        "SELECT toStartOfMinute(ingested_at) AS minute, count() AS events FROM events "
+        "WHERE ingested_at > (SELECT max(ingested_at) FROM events) - toIntervalMinute({m:UInt32}) "
+        "GROUP BY minute ORDER BY minute",
+        {"m": minutes},
+    )
+
+
+def listeners(q: Query, n: int = 20) -> list[str]:
+    """The most active listeners (to pick one in the listener view)."""
+    return [r["user_id"] for r in q(
+        "SELECT user_id, count() AS c FROM events FINAL WHERE kind = 'play_end' GROUP BY user_id "
+        "ORDER BY c DESC, user_id LIMIT {n:UInt32}", {"n": n})]
