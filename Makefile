@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_SECONDS ?= 60
 
-.PHONY: install system-deps up down status demo test lint schemas clean bench bench-karma
+.PHONY: install system-deps up down status demo test lint schemas clean bench bench-karma bench-clickhouse
 
 install: $(STAMP) system-deps
 
@@ -22,9 +22,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Debian packages: redis-server (local stack), chromium + its driver (dashboard browser test)
+APT_NEEDS := $(if $(shell command -v redis-server),,redis-server) $(if $(shell command -v chromium),,chromium) \
+             $(if $(shell command -v chromedriver),,chromium-driver)
+
 system-deps:
-	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@if [ -n "$(strip $(APT_NEEDS))" ]; then echo "installing with apt: $(APT_NEEDS)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null; fi
 
 up: install
 	$(PY) -m deploy.local up
@@ -42,7 +46,10 @@ test: install
 	$(PY) -m schemas.avro --check
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: bench-karma
+bench: bench-karma bench-clickhouse
+
+bench-clickhouse: install
+	$(PY) -m bench.clickhouse_bench
 
 bench-karma: install
 	$(PY) -m bench.karma_bench

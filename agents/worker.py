@@ -135,7 +135,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             if analytics is not None:
                 analytics.add_events(result.events, now)
                 analytics.add_recommendations(slates)
-                analytics.add_gamification(rewards)
+                analytics.add_gamification(rewards, result.events)
                 token = offsets_token((r.topic, r.partition, r.offset) for r in records)
                 try:
                     flushed = await asyncio.to_thread(analytics.flush, token)

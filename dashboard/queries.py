@@ -77,7 +77,7 @@ def top_tracks(q: Query, n: int = 10, hours: int = 24) -> list[dict[str, Any]]:
     """Most completed tracks in the last ``hours`` of data (from the aggregate table)."""
     return q(
         "SELECT track_id, any(artist_id) AS artist_id, any(genre) AS genre, "
-        "uniqExactMerge(completions) AS completions, uniqExactMerge(skips) AS skips "
+        "sum(completions) AS completions, sum(skips) AS skips "
         "FROM track_context_hourly WHERE hour > (SELECT max(hour) FROM track_context_hourly) "
         "- toIntervalHour({hours:UInt32}) GROUP BY track_id ORDER BY completions DESC, track_id LIMIT {n:UInt32}",
         {"n": n, "hours": hours},
@@ -94,7 +94,7 @@ def rising_artists(q: Query, n: int = 10, hours: int = 6) -> list[dict[str, Any]
                sumIf(c, hour <= newest - toIntervalHour({hours:UInt32})) AS before,
                recent - before AS growth
         FROM (
-            SELECT hour, artist_id, uniqExactMerge(completions) AS c FROM track_context_hourly
+            SELECT hour, artist_id, sum(completions) AS c FROM track_context_hourly
             WHERE hour > newest - toIntervalHour(2 * {hours:UInt32}) GROUP BY hour, artist_id
         )
         GROUP BY artist_id HAVING recent > 0 ORDER BY growth DESC, artist_id LIMIT {n:UInt32}
@@ -106,8 +106,8 @@ def rising_artists(q: Query, n: int = 10, hours: int = 6) -> list[dict[str, Any]
 def karma_progression(q: Query, user: str) -> list[dict[str, Any]]:
     """A listener's karma total after each change, in time order."""
     return q(
-        "SELECT created_at AS at, karma_total AS karma FROM karma_history FINAL "
-        "WHERE user_id = {user:String} AND what = 'karma' ORDER BY created_at, event_id",
+        "SELECT occurred_at AS at, karma_total AS karma FROM karma_history FINAL "
+        "WHERE user_id = {user:String} AND what = 'karma' ORDER BY created_at, occurred_at, event_id",
         {"user": user},
     )
 
@@ -115,7 +115,7 @@ def karma_progression(q: Query, user: str) -> list[dict[str, Any]]:
 def unlocks(q: Query, user: str) -> list[dict[str, Any]]:
     """Achievements and avatar items a listener unlocked, with when."""
     return q(
-        "SELECT what, min(created_at) AS at FROM karma_history FINAL WHERE user_id = {user:String} "
+        "SELECT what, min(occurred_at) AS at FROM karma_history FINAL WHERE user_id = {user:String} "
         "AND (startsWith(what, 'achievement:') OR startsWith(what, 'avatar:')) GROUP BY what ORDER BY at",
         {"user": user},
     )
@@ -171,13 +171,15 @@ def artist_graph(q: Query, user: str, n: int = 12) -> dict[str, Any]:
             "edges": [{"source": e["source"], "target": e["target"], "weight": int(e["weight"])} for e in edges]}
 
 
-def throughput(q: Query, minutes: int = 60) -> list[dict[str, Any]]:
-    """Events ingested per minute over the last ``minutes`` of ingestion."""
+def throughput(q: Query, minutes: int = 60, bucket_s: int = 10) -> list[dict[str, Any]]:
+    """Events ingested per second, averaged over ``bucket_s`` buckets, for the last ``minutes``
+    of ingestion."""
     return q(
-        "SELECT toStartOfMinute(ingested_at) AS minute, count() AS events FROM events "
+        "SELECT toStartOfInterval(ingested_at, toIntervalSecond({b:UInt32})) AS at, "
+        "count() / {b:UInt32} AS events_per_s FROM events "
         "WHERE ingested_at > (SELECT max(ingested_at) FROM events) - toIntervalMinute({m:UInt32}) "
-        "GROUP BY minute ORDER BY minute",
-        {"m": minutes},
+        "GROUP BY at ORDER BY at",
+        {"m": minutes, "b": bucket_s},
     )
 
 

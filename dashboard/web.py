@@ -88,7 +88,7 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
         "karma": lambda p: Q.karma_progression(q, need_user(p)),
         "leaderboard_history": lambda p: Q.leaderboard_history(q, p.get("board", "global"), int_param(p, "top", 5, 50)),
         "artist_graph": lambda p: Q.artist_graph(q, need_user(p), int_param(p, "n", 12, 50)),
-        "throughput": lambda p: Q.throughput(q, int_param(p, "minutes", 60, 24 * 60)),
+        "throughput": lambda p: Q.throughput(q, int_param(p, "minutes", 60, 24 * 60), int_param(p, "bucket", 10, 3600)),
         "listeners": lambda p: Q.listeners(q, int_param(p, "n", 20, 200)),
         "profile": profile,
         "leaderboard": leaderboard,

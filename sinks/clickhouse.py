@@ -40,7 +40,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "recommendations": ("rec_id", "request_id", "user_id", "created_at", "policy_id", "policy_version",
                         "experiment_arm", "position", "track_id", "score", "propensity", "slate_propensity",
                         "source", "device", "activity", "local_hour"),
-    "karma_history": ("event_id", "user_id", "what", "karma_delta", "karma_total", "tier", "created_at"),
+    "karma_history": ("event_id", "user_id", "what", "karma_delta", "karma_total", "tier", "created_at",
+                      "occurred_at"),
     "leaderboard_snapshots": ("board", "taken_at", "rank", "user_id", "score"),
 }
 
@@ -99,8 +100,10 @@ class ClickHouseStore:
                     "deduplicate_blocks_in_dependent_materialized_views": 1} if token else None
         for attempt in range(retries + 1):
             try:
+                columns = [list(c) for c in zip(*rows, strict=True)]  # column-oriented: ~25% faster
                 with self._lock:
-                    self.client.insert(table, rows, column_names=list(COLUMNS[table]), settings=settings)
+                    self.client.insert(table, columns, column_names=list(COLUMNS[table]), settings=settings,
+                                       column_oriented=True)
                 return
             except Exception as exc:
                 if attempt == retries:
@@ -159,7 +162,9 @@ class AnalyticsSink:
                     ctx.local_hour if ctx.local_hour is not None else 0,
                 ])
 
-    def add_gamification(self, outputs: Iterable[dict[str, Any]]) -> None:
+    def add_gamification(self, outputs: Iterable[dict[str, Any]], events: Iterable[Interaction] = ()) -> None:
+        """GamificationEvent field dicts; ``events`` (the batch's interactions) give each its time."""
+        when = {str(e.event_id): e.occurred_at for e in events}
         rows = self._rows["karma_history"]
         for g in outputs:
             if g.get("board"):
@@ -171,7 +176,7 @@ class AnalyticsSink:
             else:
                 what = "karma"
             rows.append([g["event_id"], g["user_id"], what, g["karma_delta"], g["karma_total"], g.get("tier") or "",
-                         g["created_at"]])
+                         g["created_at"], when.get(str(g["event_id"]), g["created_at"])])
 
     def add_snapshot(self, board: str, top: list[tuple[str, float]], taken_at: datetime) -> None:
         rows = self._rows["leaderboard_snapshots"]

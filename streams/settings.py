@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # --- analytics ----------------------------------------------------------------------
     analytics_enabled: bool = True
-    snapshot_interval_s: float = Field(30.0, gt=0, description="leaderboard snapshot period")
+    snapshot_interval_s: float = Field(10.0, gt=0, description="leaderboard snapshot period")
 
     # --- producer SDK --------------------------------------------------------------------
     producer_linger_ms: int = Field(20, ge=0)

@@ -58,3 +58,12 @@ def start_worker(stack: Stack, name: str, **overrides: object) -> tuple[Settings
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")
     stack.ensure_worker(name, env)
     return worker_settings, f"http://{worker_settings.web_host}:{worker_settings.web_port}"
+
+
+MAX_RECORD = 65_536
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack) -> tuple[Settings, str]:
+    """One real worker process for the session (it owns the session's chDB store)."""
+    return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD)

@@ -23,17 +23,11 @@ from streams.client import EventProducer
 from streams.settings import Settings
 from streams.simloop import BAD_RECORDS, ClosedLoop
 from streams.simulator import World, synthetic_catalogue
-from tests.conftest import settings_env, start_worker
+from tests.conftest import MAX_RECORD, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SERDE = Serde()
 README = Path(__file__).resolve().parent.parent / "README.md"
-MAX_RECORD = 65_536
-
-
-@pytest.fixture(scope="module")
-def worker(stack):  # type: ignore[no-untyped-def]
-    return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD)
 
 
 def read_topic(settings: Settings, topic: str, until: object, timeout: float = 30.0) -> list:

@@ -44,9 +44,9 @@ function activity(el, data) {
 
 async function opsView() {
   const jobs = [
-    ["Throughput (events ingested per minute)", "throughput", async el => {
+    ["Throughput (events ingested per second, 10 s buckets)", "throughput", async el => {
       const rows = await get("throughput");
-      plot(el, [{ type: "scatter", mode: "lines+markers", x: rows.map(r => r.minute), y: rows.map(r => r.events) }]);
+      plot(el, [{ type: "scatter", mode: "lines+markers", x: rows.map(r => r.at), y: rows.map(r => r.events_per_s) }]);
     }],
     ["Recommendation quality by policy", "quality", async el => {
       const rows = await get("recommendation_rates");
@@ -104,7 +104,7 @@ async function listenerView() {
         <ul class="badges">${badges}</ul><table>${around}</table>`;
       el.dataset.points = p.achievements.length + p.around.length;
     }, "profile"],
-    ["Karma progression", "karma", async el => {
+    ["Karma progression (listener's time)", "karma", async el => {
       const rows = await get("karma", { user });
       plot(el, [{ type: "scatter", mode: "lines", line: { shape: "hv" }, x: rows.map(r => r.at), y: rows.map(r => r.karma) }]);
     }],

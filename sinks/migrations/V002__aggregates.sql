@@ -1,29 +1,15 @@
--- Per-track, per-context aggregates kept by a materialised view. Counts are uniqExact states
--- over event ids, so a redelivered event adds nothing.
-CREATE TABLE IF NOT EXISTS track_context_hourly
-(
-    hour DateTime('UTC'),
-    track_id String,
-    artist_id String,
-    genre LowCardinality(String),
-    device LowCardinality(String),
-    activity LowCardinality(String),
-    plays AggregateFunction(uniqExact, UUID),
-    completions AggregateFunction(uniqExact, UUID),
-    skips AggregateFunction(uniqExact, UUID),
-    likes AggregateFunction(uniqExact, UUID)
-)
-ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMM(hour)
-ORDER BY (hour, track_id, device, activity, artist_id, genre);
---;;
-CREATE MATERIALIZED VIEW IF NOT EXISTS track_context_hourly_mv TO track_context_hourly AS
+-- Per-track, per-context hourly aggregates, as a plain view over the deduplicated events.
+-- A materialised version (AggregatingMergeTree of uniqExact states over sipHash64(event_id),
+-- which stays exact under redelivery) was measured: it cut ingest from ~330k to ~240k rows/s
+-- (make bench-clickhouse), while this view answers the dashboard in milliseconds at the sizes
+-- one chDB store holds. Switch to the materialised form when FINAL scans get slow.
+CREATE VIEW IF NOT EXISTS track_context_hourly AS
 SELECT
     toStartOfHour(occurred_at) AS hour, track_id, artist_id, genre, device, activity,
-    uniqExactStateIf(event_id, kind = 'play_start') AS plays,
-    uniqExactStateIf(event_id, kind = 'play_end') AS completions,
-    uniqExactStateIf(event_id, kind = 'skip') AS skips,
-    uniqExactStateIf(event_id, kind = 'like') AS likes
-FROM events
+    countIf(kind = 'play_start') AS plays,
+    countIf(kind = 'play_end') AS completions,
+    countIf(kind = 'skip') AS skips,
+    countIf(kind = 'like') AS likes
+FROM events FINAL
 WHERE track_id != ''
 GROUP BY hour, track_id, artist_id, genre, device, activity;
