@@ -66,4 +66,4 @@ MAX_RECORD = 65_536
 @pytest.fixture(scope="session")
 def worker(stack: Stack) -> tuple[Settings, str]:
     """One real worker process for the session (it owns the session's chDB store)."""
-    return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD)
+    return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD, snapshot_interval_s=2.0)

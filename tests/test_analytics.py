@@ -1,0 +1,167 @@
+"""ClickHouse analytics on a real chDB store: migrations, idempotent sink, dashboard queries on
+known data. (One chDB path per process: this module's store lives in the pytest process.)"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from dashboard import queries as Q
+from schemas.events import Interaction, Kind, Recommendation, SlateItem
+from sinks.clickhouse import AnalyticsSink, ClickHouseError, ClickHouseStore, offsets_token
+from streams.simulator import synthetic_catalogue
+
+pytestmark = pytest.mark.integration
+CAT = synthetic_catalogue(7, 100)
+T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ClickHouseStore:
+    s = ClickHouseStore(f"chdb://{tmp_path_factory.mktemp('chdb')}")
+    assert s.migrate() == ["V001__core_tables", "V002__aggregates", "V003__karma_event_time"]
+    assert s.migrate() == []  # versioned: applied once
+    return s
+
+
+def ev(user: str, kind: Kind, at: datetime, track: int = 0, **kw: Any) -> Interaction:
+    return Interaction(event_id=uuid.uuid4(), user_id=user, session_id="s", occurred_at=at, kind=kind,
+                       track_id=None if kind == Kind.REC_REQUEST else CAT.track_ids[track], **kw)
+
+
+def n_rows(store: ClickHouseStore, table: str, user: str) -> tuple[int, int]:
+    """(rows stored, rows after deduplication) of one user's rows."""
+    raw = store.query(f"SELECT count() AS n FROM {table} WHERE user_id = {{u:String}}", {"u": user})[0]["n"]
+    final = store.query(f"SELECT count() AS n FROM {table} FINAL WHERE user_id = {{u:String}}", {"u": user})[0]["n"]
+    return int(raw), int(final)
+
+
+def test_a_retried_flush_adds_nothing_and_redelivery_is_deduplicated(store) -> None:  # type: ignore[no-untyped-def]
+    user = f"sink-{uuid.uuid4().hex[:6]}"
+    events = [ev(user, k, T0 + timedelta(minutes=i), i % 5) for i, k in enumerate([Kind.PLAY_START, Kind.PLAY_END] * 10)]
+    token = offsets_token(("encore.events", 0, o) for o in range(100, 120))
+    sink = AnalyticsSink(store, CAT)
+    for _ in range(3):  # the same flush retried: dropped by the server via its token
+        sink.add_events(events, T0)
+        assert sink.flush(token).rows == {"events": 20}
+    assert n_rows(store, "events", user) == (20, 20)
+    # redelivered in a different batch (another token): stored again, but one row per event_id
+    sink.add_events(events[5:15], T0)
+    sink.flush(offsets_token(("encore.events", 1, o) for o in range(7, 17)))
+    assert n_rows(store, "events", user)[1] == 20
+    plays = store.query("SELECT sum(plays) AS p FROM track_context_hourly WHERE track_id IN {t:Array(String)} "
+                        "AND hour = {h:DateTime}", {"t": [CAT.track_ids[i] for i in range(5)], "h": T0.replace(tzinfo=None)})
+    assert plays[0]["p"] >= 10  # the view counts each play once, whatever was redelivered
+
+
+def test_a_failed_flush_keeps_its_rows_and_reports(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    user = f"fail-{uuid.uuid4().hex[:6]}"
+    sink = AnalyticsSink(store, CAT)
+    sink.add_events([ev(user, Kind.LIKE, T0)], T0)
+    calls = {"n": 0}
+    real = store.client.insert
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        raise ConnectionError("server went away")
+
+    monkeypatch.setattr(store.client, "insert", flaky)
+    monkeypatch.setattr("sinks.clickhouse.time.sleep", lambda s: None)
+    with pytest.raises(ClickHouseError, match="insert into events failed 4 times"):
+        sink.flush("t")
+    assert calls["n"] == 4 and sink.pending() == 1  # retried with backoff, then nothing lost
+    monkeypatch.setattr(store.client, "insert", real)
+    sink.flush("t")
+    assert n_rows(store, "events", user) == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def fixture_data(store) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """A small known world: two listeners, one policy's slate with known outcomes, karma, boards."""
+    sink = AnalyticsSink(store, CAT)
+    ann, bob = "fx-ann", "fx-bob"
+    events = []
+    # ann: Monday 08:xx workout, 3 plays of track 0 (artist a), 1 completion, 1 like, 1 skip
+    for i, kind in enumerate([Kind.PLAY_START, Kind.PLAY_END, Kind.LIKE, Kind.PLAY_START, Kind.SKIP, Kind.PLAY_START]):
+        events.append(ev(ann, kind, T0 + timedelta(hours=8, minutes=i), 0, context={"activity": "workout"}))
+    # bob: Tuesday 21:xx relax, plays of tracks 0 and 20 (two artists), both completed
+    for i, (kind, track) in enumerate([(Kind.PLAY_START, 0), (Kind.PLAY_END, 0), (Kind.PLAY_START, 20), (Kind.PLAY_END, 20)]):
+        events.append(ev(bob, kind, T0 + timedelta(days=1, hours=21, minutes=i), track, context={"activity": "relax"}))
+    # ann also completes artist-of-20 once, so her graph has an edge with bob's co-listening
+    events.append(ev(ann, Kind.PLAY_END, T0 + timedelta(hours=9), 20, context={"activity": "workout"}))
+    # a slate for ann: 3 items; item 0 played + completed + liked, item 1 played + skipped, item 2 unplayed
+    rec = Recommendation(
+        rec_id=uuid.uuid4(), request_id=uuid.uuid4(), user_id=ann, session_id="s", policy_id="fx-policy",
+        policy_version="1", slate_propensity=0.1, created_at=T0 + timedelta(hours=10),
+        items=[SlateItem(track_id=CAT.track_ids[t], position=p, score=1.0, propensity=0.5, source="x", explanation="y")
+               for p, t in enumerate([40, 41, 42])],
+    )
+    at = T0 + timedelta(hours=10)
+    for kind, track in [(Kind.PLAY_START, 40), (Kind.PLAY_END, 40), (Kind.LIKE, 40), (Kind.PLAY_START, 41), (Kind.SKIP, 41)]:
+        events.append(ev(ann, kind, at, track, rec_id=rec.rec_id, position=track - 40))
+    sink.add_events(events, T0)
+    sink.add_recommendations([rec])
+    karma = [{"event_id": str(events[i].event_id), "user_id": ann, "karma_delta": d, "karma_total": t, "tier": "listener",
+              "created_at": T0 + timedelta(hours=11)} for i, d, t in [(1, 5, 5), (2, 3, 8), (4, -1, 7)]]
+    karma.append({**karma[0], "karma_delta": 0, "achievement_unlocked": "first_like"})
+    sink.add_gamification(karma, events)
+    sink.add_snapshot("global", [(ann, 7.0), (bob, 4.0)], T0 + timedelta(hours=12))
+    sink.add_snapshot("global", [(bob, 9.0), (ann, 7.0)], T0 + timedelta(hours=13))
+    sink.flush("fixture")
+    return {"ann": ann, "bob": bob, "events": events}
+
+
+def test_heatmap_counts_plays_by_local_weekday_and_hour(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    ann = Q.listening_heatmap(store.query, fixture_data["ann"])
+    assert ann["plays"][0][8] == 3 and ann["plays"][0][10] == 2 and sum(map(sum, ann["plays"])) == 5
+    bob = Q.listening_heatmap(store.query, fixture_data["bob"])
+    assert bob["plays"][1][21] == 2 and sum(map(sum, bob["plays"])) == 2
+
+
+def test_activity_pattern_over_the_day(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    series = Q.activity_by_hour(store.query, fixture_data["bob"])["series"]
+    assert series == {"relax": [0] * 21 + [2, 0, 0]}
+
+
+def test_recommendation_rates_by_policy(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    (row,) = [r for r in Q.recommendation_rates(store.query) if r["policy"] == "fx-policy"]
+    assert row["shown"] == 3 and row["played"] == 2
+    assert row["completion_rate"] == 0.5 and row["skip_rate"] == 0.5 and row["like_rate"] == 0.5
+    assert row["play_rate"] == pytest.approx(2 / 3)
+
+
+def test_top_tracks_and_rising_artists(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    top = {r["track_id"]: r for r in Q.top_tracks(store.query, n=100, hours=24 * 30)}
+    assert top[CAT.track_ids[0]]["completions"] >= 2 and top[CAT.track_ids[41]]["skips"] >= 1
+    rising = Q.rising_artists(store.query, n=100, hours=24 * 30)
+    assert all(r["recent"] > 0 for r in rising)
+
+
+def test_karma_progression_and_unlocks(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    rows = Q.karma_progression(store.query, fixture_data["ann"])
+    assert [r["karma"] for r in rows] == [5, 8, 7]
+    assert rows[0]["at"] == fixture_data["events"][1].occurred_at.replace(tzinfo=None)  # the listener's time
+    assert [u["what"] for u in Q.unlocks(store.query, fixture_data["ann"])] == ["achievement:first_like"]
+
+
+def test_leaderboard_history_follows_the_latest_leaders(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    hist = Q.leaderboard_history(store.query, "global", top=2)["series"]
+    assert hist[fixture_data["bob"]]["score"] == [4.0, 9.0] and hist[fixture_data["bob"]]["rank"] == [2, 1]
+    assert hist[fixture_data["ann"]]["rank"] == [1, 2]
+
+
+def test_artist_graph_links_artists_by_co_listening(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    graph = Q.artist_graph(store.query, fixture_data["ann"])
+    a0, a20 = CAT.artist_ids[0], CAT.artist_ids[20]
+    assert {n["id"] for n in graph["nodes"]} >= {a0, a20}
+    edge = next(e for e in graph["edges"] if {e["source"], e["target"]} == {a0, a20})
+    assert edge["weight"] == 2  # ann and bob both completed both artists
+    assert Q.artist_graph(store.query, "nobody") == {"nodes": [], "edges": []}
+
+
+def test_throughput_and_listeners(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    assert sum(r["events_per_s"] for r in Q.throughput(store.query)) > 0
+    assert set(Q.listeners(store.query, 200)) >= {fixture_data["ann"], fixture_data["bob"]}
