@@ -255,6 +255,8 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
     print_gamification(settings)
     console.print(
         "[bold]Where to look next[/bold]\n"
+        f"  dashboard:    http://{settings.web_host}:{settings.web_port}/dashboard/ "
+        f"(listener view: /dashboard/listener?user=...) — the worker keeps serving it until `make down`\n"
         f"  slates:       .venv/bin/encore tail encore.recommendations --max 3\n"
         f"  dead letters: .venv/bin/encore tail encore.events.dlq --from-beginning --max 5\n"
         f"  metrics:      curl http://{settings.web_host}:{settings.web_port}/metrics\n"

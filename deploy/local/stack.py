@@ -205,7 +205,7 @@ class Stack:
                 return False
 
         self._wait(name, ready, 90, started.log)
-        return f"{name}: ready at {url} (pid {started.pid}, log {started.log})"
+        return f"{name}: ready at {url} (pid {started.pid}, log {started.log}); dashboard {url}/dashboard/"
 
     # --- all ------------------------------------------------------------------------------
     def up(self, worker: bool = True) -> list[str]:
