@@ -206,11 +206,12 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
     finally:
         loop.close()
     # let the worker drain what is still queued before reading its counters
-    deadline, last = time.monotonic() + 20, -1.0
+    deadline, last, still = time.monotonic() + 30, -1.0, 0
     while time.monotonic() < deadline:
         after = _worker_counts(settings)
         done = after.get("encore_events_total", 0.0) - before.get("encore_events_total", 0.0)
-        if not after or done >= stats.events or done == last:
+        still = still + 1 if done == last else 0
+        if not after or done >= stats.events or still >= 5:  # caught up, or stalled for 5 s
             break
         last = done
         time.sleep(1.0)
