@@ -5,7 +5,7 @@ Pure: the Faust agent hands it records and sends what it returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.events import DeadLetter, Interaction
@@ -27,6 +27,7 @@ class RawRecord:
 class Ingested:
     events: list[Interaction]
     dead: list[DeadLetter]
+    origin: list[int] = field(default_factory=list)  # per event: index of its record in the batch
 
 
 def ingest(
@@ -34,9 +35,10 @@ def ingest(
 ) -> Ingested:
     """Decode and validate every record; never raises on input. Good events keep their order."""
     out = Ingested([], [])
-    for rec in records:
+    for i, rec in enumerate(records):
         decoded = decode_events(rec.value, serde, max_bytes=max_bytes, max_events=max_events)
         out.events.extend(decoded.events)
+        out.origin.extend([i] * len(decoded.events))
         for bad in decoded.rejected:
             raw = bad.raw if bad.raw is not None else (rec.value or b"")
             if bad.reason == "oversized":

@@ -17,17 +17,20 @@ from pathlib import Path
 import faust
 import redis
 from faust.sensors.prometheus import setup_prometheus_sensors
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agents.gamify import Rules, effect_for
+from agents.http_api import register_api
 from agents.ingest import RawRecord, dead_letter, ingest
+from agents.logs import logging_config
 from agents.recommend import Recommender
 from online_models.catalogue import Catalogue
 from online_models.popularity import ContextPopularity
-from schemas.events import GamificationEvent
+from schemas.events import GamificationEvent, Kind
 from schemas.wire import SchemaCatalogue, Serde
 from sinks.clickhouse import AnalyticsSink, ClickHouseStore, offsets_token
 from sinks.gamification import GamificationStore
+from sinks.slate_cache import SlateCache
 from streams.app import create_app
 from streams.settings import Settings, load_settings
 from streams.simulator import synthetic_catalogue
@@ -67,6 +70,17 @@ class Metrics:
         self.sink_seconds = Histogram("encore_sink_flush_seconds", "ClickHouse flush time per batch",
                                       registry=registry)
         self.sink_failures = Counter("encore_sink_failures_total", "ClickHouse flushes that failed", registry=registry)
+        self.latency = Histogram("encore_recommendation_latency_seconds",
+                                 "From a rec_request reaching the broker to its slate being delivered",
+                                 registry=registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+        self.feedback = Counter("encore_policy_feedback_total",
+                                "Feedback on recommended tracks, by policy and outcome (reward rate = "
+                                "completed / (completed + skipped))", ["policy", "outcome"], registry=registry)
+        self.slate_items = Counter("encore_slate_items_total",
+                                   "Slate items by policy and candidate source (exploration share = "
+                                   "source=popularity:prior over all)", ["policy", "source"], registry=registry)
+        self.lag = Gauge("encore_consumer_lag_messages", "Records not yet read, per events partition",
+                         ["partition"], registry=registry)
         self.batch_seconds = Histogram("encore_batch_seconds", "Time to process and deliver one batch",
                                        registry=registry)
 
@@ -83,10 +97,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         catalogue, ContextPopularity(catalogue, temperature=settings.popularity_temperature),
         slate_size=settings.slate_size, dedupe_window=settings.dedupe_window,
     )
+    redis_client = redis.Redis.from_url(settings.redis_url)
+    slate_cache = SlateCache(redis_client, prefix=settings.redis_prefix)
     store = None
     if settings.gamification_enabled:
         rules = Rules.from_toml(settings.gamification_rules)
-        store = GamificationStore(redis.Redis.from_url(settings.redis_url), rules, prefix=settings.redis_prefix)
+        store = GamificationStore(redis_client, rules, prefix=settings.redis_prefix)
     analytics = None
     if settings.analytics_enabled:
         clickhouse = ClickHouseStore(settings.clickhouse_dsn)
@@ -115,8 +131,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             try:
                 slates = recommender.process(result.events, now)
             except Exception as exc:  # a bug must not stop the stream: park the batch, say why
-                log.exception("step=recommend partition=%s offsets=%s..%s failed",
-                              records[0].partition, records[0].offset, records[-1].offset)
+                log.exception("recommend step failed; batch parked in the DLQ",
+                              extra={"step": "recommend", "partition": records[0].partition,
+                                     "offset": records[0].offset, "last_offset": records[-1].offset})
                 slates = []
                 result.dead.extend(
                     dead_letter(r, "recommend", "processing_error", f"{type(exc).__name__}: {exc}",
@@ -141,6 +158,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                     flushed = await asyncio.to_thread(analytics.flush, token)
                 except Exception:
                     metrics.sink_failures.inc()
+                    log.exception("analytics flush failed; the batch will be redelivered",
+                                  extra={"step": "analytics", "partition": records[0].partition,
+                                         "offset": records[0].offset, "last_offset": records[-1].offset})
                     raise  # the batch is not acknowledged; the agent restarts on it
                 metrics.sink_seconds.observe(flushed.seconds)
                 for table, n in flushed.rows.items():
@@ -156,7 +176,21 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             for slate in slates:
                 pending.append(await recs_topic.send(key=slate.user_id.encode(), value=serde.encode(slate)))
                 metrics.slates.labels(slate.policy_id).inc()
+            await asyncio.to_thread(slate_cache.put_many, slates)
             await asyncio.gather(*pending)  # delivered before this batch's offsets are acked
+            if slates:  # latency: from the request's record reaching the broker to delivery
+                record_of = {ev.event_id: i for ev, i in zip(result.events, result.origin, strict=True)}
+                done = time.time()
+                for slate in slates:
+                    for item in slate.items:
+                        metrics.slate_items.labels(slate.policy_id, item.source).inc()
+                    i = record_of.get(slate.request_id)
+                    if i is not None and batch[i].message.timestamp:
+                        metrics.latency.observe(max(0.0, done - batch[i].message.timestamp))
+            for event in result.events:
+                if event.rec_id is not None and event.kind in (Kind.PLAY_END, Kind.SKIP):
+                    outcome = "completed" if event.kind == Kind.PLAY_END else "skipped"
+                    metrics.feedback.labels(recommender.policy.policy_id, outcome).inc()
             for event in result.events:
                 metrics.events.labels(str(event.kind)).inc()
             metrics.records.inc(len(records))
@@ -179,16 +213,25 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
 
         register_dashboard(app, analytics.store, store)
 
-    @app.page("/healthz")
-    async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+    def readiness() -> dict[str, object]:
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic.get_topic_name())
-        ready = bool(assigned) and not app.rebalancing
-        return web.json({"ready": ready, "partitions": assigned, "batches": state["batches"]},
-                        status=200 if ready else 503)
+        return {"ready": bool(assigned) and not app.rebalancing, "partitions": assigned, "batches": state["batches"]}
+
+    register_api(app, settings, events_topic=events_topic, serde=serde, slates=slate_cache,
+                 gamification=store, readiness=readiness)
+
+    @app.timer(5.0)
+    async def measure_lag() -> None:
+        """Lag per partition = the log end reported in fetch responses (high watermark) minus the
+        next offset this worker will read. Not from ListOffsets, which tansu answers wrongly."""
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            if tp.topic != events_topic.get_topic_name():
+                continue
+            high = consumer.highwater(tp)
+            position = await consumer.position(tp)
+            if high is not None and position is not None:
+                metrics.lag.labels(str(tp.partition)).set(max(0, high - position))
 
     return app
 
@@ -198,7 +241,8 @@ def main() -> None:
 
     settings = load_settings()
     app = build(settings)
-    Worker(app, loglevel="info", workdir=str(settings.state_dir)).execute_from_commandline()
+    extra = {"logging_config": logging_config()} if settings.log_json else {}
+    Worker(app, loglevel="info", workdir=str(settings.state_dir), **extra).execute_from_commandline()
 
 
 if __name__ == "__main__":

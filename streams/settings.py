@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(1000, ge=1, description="events allowed in one batch record")
     session_timeout_s: float = Field(6.0, gt=0, description="see INFRA: tansu joins take half of it")
 
+    # --- HTTP API (on the worker's web port) --------------------------------------------
+    api_keys: SecretStr | None = Field(None, description="comma-separated keys for POST /v1/events")
+    log_json: bool = Field(True, description="structured JSON logs from the worker")
+
     # --- recommender -------------------------------------------------------------------
     policy: str = "popularity"
     slate_size: int = Field(10, ge=1, le=100)
@@ -66,6 +70,10 @@ class Settings(BaseSettings):
     # --- producer SDK --------------------------------------------------------------------
     producer_linger_ms: int = Field(20, ge=0)
     producer_batch_events: int = Field(200, ge=1, le=1000)
+
+    def api_key_set(self) -> frozenset[str]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return frozenset(k.strip() for k in raw.split(",") if k.strip())
 
     def topic(self, base: str) -> str:
         """The real topic name for a catalogue name (adds the optional prefix)."""

@@ -1,0 +1,267 @@
+"""The public HTTP API, served by every worker on its web port (loopback by default).
+
+    POST /v1/events                  JSON: one event, a list, or {"events": [...]}; X-API-Key
+    GET  /v1/recommendations/{user}  the listener's latest slate
+    GET  /v1/users/{user}/profile    karma, tier, avatar items, streak, achievements, rank
+    GET  /v1/leaderboards/{board}    top N (?n=), or the board around a listener (?around=)
+    GET  /healthz, /readyz           liveness; readiness (partitions assigned)
+    GET  /openapi.json               this API, generated from the route table and the contracts
+
+Events are validated with the same contracts as the events topic; a request with any bad event
+is refused whole with each problem named (nothing half-accepted), and accepted events are
+produced to the events topic keyed by user id, one batch record per listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from pydantic import BaseModel, Field
+
+from schemas.events import EventBatch, Interaction, Recommendation
+from schemas.wire import Serde, decode_events
+from sinks.gamification import GamificationStore
+from sinks.slate_cache import SlateCache
+from streams.settings import Settings
+
+
+class Problem(BaseModel):
+    index: int | None = Field(None, description="position of the event in the request")
+    reason: str
+    error: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    problems: list[Problem] = Field(default_factory=list)
+
+
+class Accepted(BaseModel):
+    accepted: int
+    records: int = Field(description="Kafka records written (one per listener)")
+
+
+class AchievementProgress(BaseModel):
+    id: str
+    title: str
+    progress: int
+    target: int
+    unlocked: bool
+
+
+class ChallengeProgress(BaseModel):
+    id: str
+    title: str
+    progress: int
+    target: int
+    completed: bool
+    start: str
+    end: str
+
+
+class Profile(BaseModel):
+    user_id: str
+    karma: int
+    earned: int
+    tier: str | None
+    rank: int | None
+    avatar_items: list[str]
+    streak: int
+    best_streak: int
+    achievements: list[AchievementProgress]
+    challenges: list[ChallengeProgress]
+    stats: dict[str, int]
+
+
+class BoardEntry(BaseModel):
+    rank: int
+    user_id: str
+    score: float
+
+
+class Board(BaseModel):
+    board: str
+    entries: list[BoardEntry]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    partitions: list[int]
+    batches: int
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    responses: dict[int, type[BaseModel]]
+    body: Any = None
+    params: tuple[dict[str, Any], ...] = ()
+    secured: bool = False
+    tags: tuple[str, ...] = field(default=("encore",))
+
+
+USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+ROUTES = (
+    Route("post", "/v1/events", "Send listener events", {202: Accepted, 400: ErrorBody, 401: ErrorBody,
+          413: ErrorBody, 422: ErrorBody, 503: ErrorBody},
+          body={"oneOf": [{"$ref": "#/components/schemas/Interaction"},
+                          {"type": "array", "items": {"$ref": "#/components/schemas/Interaction"}, "minItems": 1},
+                          {"$ref": "#/components/schemas/EventBatch"}]},
+          secured=True),
+    Route("get", "/v1/recommendations/{user}", "The listener's latest slate",
+          {200: Recommendation, 404: ErrorBody}, params=(USER,)),
+    Route("get", "/v1/users/{user}/profile", "Karma, tier, avatar items, streak, achievements, rank",
+          {200: Profile, 404: ErrorBody, 503: ErrorBody}, params=(USER,)),
+    Route("get", "/v1/leaderboards/{board}", "A leaderboard: global, weekly:<n>, genre:<g>, cohort:<c>",
+          {200: Board, 400: ErrorBody, 503: ErrorBody},
+          params=({"name": "board", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}},
+                  {"name": "n", "in": "query", "required": False,
+                   "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}},
+                  {"name": "around", "in": "query", "required": False, "schema": {"type": "string"}})),
+    Route("get", "/healthz", "Liveness", {200: Health}),
+    Route("get", "/readyz", "Readiness: partitions assigned, not rebalancing", {200: Ready, 503: Ready}),
+)
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document: paths from ROUTES, schemas from the pydantic contracts."""
+    components: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components.setdefault(model.__name__, schema)
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    for model in (Interaction, EventBatch):
+        ref(model)
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {
+            "summary": r.summary, "operationId": f"{r.method}_{r.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "tags": list(r.tags), "parameters": list(r.params),
+            "responses": {str(code): {"description": model.__name__,
+                                      "content": {"application/json": {"schema": ref(model)}}}
+                          for code, model in r.responses.items()},
+        }
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
+        if r.secured:
+            op["security"] = [{"apiKey": []}]
+        paths.setdefault(r.path, {})[r.method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Encore API", "version": "1", "description": __doc__.split("\n\n")[0]},
+        "paths": paths,
+        "components": {"schemas": components,
+                       "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+    }
+
+
+def _json(web: faust.web.View, model: BaseModel, status: int) -> faust.web.Response:
+    return web.bytes(model.model_dump_json().encode(), content_type="application/json", status=status)
+
+
+def _error(web: faust.web.View, status: int, message: str, problems: list[Problem] | None = None) -> faust.web.Response:
+    return _json(web, ErrorBody(error=message, problems=problems or []), status)
+
+
+def register_api(app: faust.App, settings: Settings, *, events_topic: faust.TopicT, serde: Serde,
+                 slates: SlateCache, gamification: GamificationStore | None, readiness: Any) -> None:
+    keys = settings.api_key_set()
+    limit = settings.max_record_bytes
+    spec = json.dumps(openapi()).encode()
+
+    class Events(faust.web.View):
+        async def post(self, request: faust.web.Request) -> faust.web.Response:
+            if not keys:
+                return _error(self, 503, "no API keys configured: set ENCORE_API_KEYS on the worker")
+            given = request.headers.get("X-API-Key", "")
+            if not any(hmac.compare_digest(given, k) for k in keys):
+                return _error(self, 401, "missing or wrong X-API-Key header")
+            size = request.content_length
+            if size is not None and size > limit:
+                return _error(self, 413, f"body is {size} bytes, limit {limit}; send smaller batches")
+            body = await self.read_request_content(request)
+            if len(body) > limit:
+                return _error(self, 413, f"body is {len(body)} bytes, limit {limit}; send smaller batches")
+            if not body.strip().startswith((b"{", b"[")):
+                return _error(self, 400, "body must be a JSON event, a JSON list of events or {\"events\": [...]}")
+            decoded = decode_events(body, serde, max_bytes=limit, max_events=settings.max_batch_events)
+            if decoded.rejected:
+                status = 400 if decoded.rejected[0].reason in ("bad_json", "wrong_type", "empty") and not decoded.events \
+                    and decoded.rejected[0].index is None else 422
+                return _error(self, status, f"{len(decoded.rejected)} event(s) refused; nothing was accepted",
+                              [Problem(index=r.index, reason=r.reason, error=r.error) for r in decoded.rejected])
+            by_user: dict[str, list[Interaction]] = {}
+            for e in decoded.events:
+                by_user.setdefault(e.user_id, []).append(e)
+            pending = []
+            for user, events in by_user.items():
+                value = serde.encode(events[0] if len(events) == 1 else EventBatch(events=events))
+                pending.append(await events_topic.send(key=user.encode(), value=value))
+            await asyncio.gather(*pending)  # acknowledged by the broker before we answer 202
+            return _json(self, Accepted(accepted=len(decoded.events), records=len(by_user)), 202)
+
+    app.page("/v1/events")(Events)
+
+    @app.page("/v1/recommendations/{user}")
+    async def latest(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        slate = await asyncio.to_thread(slates.get, user)
+        if slate is None:
+            return _error(web, 404, f"no slate for {user!r} in the last day; send a rec_request event")
+        return _json(web, slate, 200)
+
+    @app.page("/v1/users/{user}/profile")
+    async def profile(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        if gamification is None:
+            return _error(web, 503, "gamification is disabled on this worker (ENCORE_GAMIFICATION_ENABLED)")
+        p = await asyncio.to_thread(gamification.profile, user)
+        if not p["stats"]:
+            return _error(web, 404, f"no listener {user!r} has earned anything yet")
+        p["rank"] = await asyncio.to_thread(gamification.rank, user)
+        return _json(web, Profile.model_validate(p), 200)
+
+    @app.page("/v1/leaderboards/{board}")
+    async def leaderboard(web: faust.web.View, request: faust.web.Request, board: str) -> faust.web.Response:
+        if gamification is None:
+            return _error(web, 503, "gamification is disabled on this worker (ENCORE_GAMIFICATION_ENABLED)")
+        try:
+            n = int(request.query.get("n", "10"))
+        except ValueError:
+            return _error(web, 400, "n must be an integer between 1 and 100")
+        if not 1 <= n <= 100:
+            return _error(web, 400, "n must be an integer between 1 and 100")
+        around = request.query.get("around")
+        if around:
+            rows = await asyncio.to_thread(gamification.around, around, board, max(1, n // 2))
+            entries = [BoardEntry(rank=r, user_id=u, score=s) for r, u, s in rows]
+        else:
+            top = await asyncio.to_thread(gamification.top, board, n)
+            entries = [BoardEntry(rank=i, user_id=u, score=s) for i, (u, s) in enumerate(top, 1)]
+        return _json(web, Board(board=board, entries=entries), 200)
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return _json(web, Health(status="ok"), 200)
+
+    @app.page("/readyz")
+    async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        ready = Ready(**readiness())
+        return _json(web, ready, 200 if ready.ready else 503)
+
+    @app.page("/openapi.json")
+    async def openapi_doc(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.bytes(spec, content_type="application/json")
