@@ -66,6 +66,8 @@ class _Builder:
 
     def type_of(self, tp: Any) -> Any:
         origin = typing.get_origin(tp)
+        if origin is typing.Annotated:  # StrictInt and friends: the wire type is the base type
+            return self.type_of(typing.get_args(tp)[0])
         if origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             if len(args) != 1:

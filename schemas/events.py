@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Annotated, Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    field_validator,
+    model_validator,
+)
 
 NAMESPACE = "encore"
 
@@ -70,6 +79,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _whole(value: Any) -> Any:
+    """Integers, or floats with no fraction (JSON does not tell 3 from 3.0); never booleans."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    raise ValueError(f"expected an integer, got {type(value).__name__}")
+
+
+#: an integer field that does not coerce strings or booleans
+WholeInt = Annotated[int, BeforeValidator(_whole)]
+#: what events may say about when they happened (downstream stores cover these years)
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _text(value: str | None) -> str | None:
+    """Text must be valid Unicode (a lone surrogate cannot be stored in Redis or ClickHouse)."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode text (lone surrogate)") from None
+    return value
+
+
 def _utc(value: datetime) -> datetime:
     """Naive datetimes are taken as UTC; aware ones are converted to UTC."""
     if value.tzinfo is None:
@@ -87,37 +123,72 @@ class Context(_Input):
 
     device: Device = Device.UNKNOWN
     activity: Activity = Activity.UNKNOWN
-    local_hour: int | None = Field(None, ge=0, le=23, description="listener's local hour")
-    weekday: int | None = Field(None, ge=0, le=6, description="0 = Monday, local")
+    local_hour: WholeInt | None = Field(None, ge=0, le=23, description="listener's local hour")
+    weekday: WholeInt | None = Field(None, ge=0, le=6, description="0 = Monday, local")
     timezone: str = Field("UTC", max_length=64, description="IANA zone of the listener")
     network: Network = Network.UNKNOWN
     country: str | None = Field(None, max_length=8)
     cohort: str | None = Field(None, max_length=64, description="friends / cohort board id")
 
+    _valid_text = field_validator("timezone", "country", "cohort")(_text)
+
+
+def _kind_rules_schema(schema: dict[str, Any]) -> None:
+    """The rules of ``Interaction._kind_rules`` in JSON Schema, so API clients and generated
+    tests see them: track kinds need track_id, rating needs rating, follow_artist an artist."""
+    track = {"type": "string", "minLength": 1, "maxLength": 128}
+    schema["allOf"] = [
+        {"if": {"properties": {"kind": {"enum": sorted(str(k) for k in TRACK_KINDS)}}, "required": ["kind"]},
+         "then": {"properties": {"track_id": track}, "required": ["track_id"]}},
+        {"if": {"properties": {"kind": {"const": "rating"}}, "required": ["kind"]},
+         "then": {"properties": {"rating": {"type": "number", "minimum": 0, "maximum": 5}}, "required": ["rating"]}},
+        {"if": {"properties": {"kind": {"const": "follow_artist"}}, "required": ["kind"]},
+         "then": {"anyOf": [{"properties": {"artist_id": {"type": "string"}}, "required": ["artist_id"]},
+                            {"properties": {"track_id": track}, "required": ["track_id"]}]}},
+    ]
+
 
 class Interaction(_Input):
     """One thing a listener did. ``event_id`` is the idempotency key of every side effect."""
 
+    model_config = ConfigDict(frozen=True, extra="ignore", json_schema_extra=_kind_rules_schema)
+
     event_id: UUID
     user_id: str = Field(min_length=1, max_length=128)
     session_id: str = Field(min_length=1, max_length=128)
-    occurred_at: datetime = Field(description="client clock, stored as UTC")
+    occurred_at: datetime = Field(description="client clock, stored as UTC",
+                                  json_schema_extra={"pattern": "^20[0-9]{2}-"})  # years 2000-2099
     kind: Kind
     track_id: str | None = Field(None, min_length=1, max_length=128)
     artist_id: str | None = Field(None, max_length=128)
     rec_id: UUID | None = Field(None, description="the slate this event answers")
-    position: int | None = Field(None, ge=0, le=1000, description="slot in that slate")
-    listened_ms: int | None = Field(None, ge=0)
-    track_duration_ms: int | None = Field(None, ge=0)
-    rating: float | None = Field(None, ge=0, le=5)
+    position: WholeInt | None = Field(None, ge=0, le=1000, description="slot in that slate")
+    listened_ms: WholeInt | None = Field(None, ge=0, le=2**31 - 1)
+    track_duration_ms: WholeInt | None = Field(None, ge=0, le=2**31 - 1)
+    rating: StrictFloat | None = Field(None, ge=0, le=5)
     playlist_id: str | None = Field(None, max_length=128)
-    slate_size: int | None = Field(None, ge=1, le=100, description="rec_request only")
+    slate_size: WholeInt | None = Field(None, ge=1, le=100, description="rec_request only")
     context: Context = Field(default_factory=Context)
+
+    _valid_text = field_validator("user_id", "session_id", "track_id", "artist_id", "playlist_id")(_text)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _occurred_is_a_time(cls, value: Any) -> Any:
+        if not isinstance(value, str | datetime):  # no unix numbers: say which clock you mean
+            raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-11-24T08:30:00Z")
+        return value
 
     @field_validator("occurred_at")
     @classmethod
     def _occurred_utc(cls, value: datetime) -> datetime:
-        return _utc(value)
+        try:
+            value = _utc(value)
+        except OverflowError:
+            raise ValueError("is out of range") from None
+        if not EARLIEST <= value < LATEST:
+            raise ValueError(f"must fall in the years {EARLIEST.year}-{LATEST.year - 1}")
+        return value
 
     def local_time(self) -> datetime:
         """``occurred_at`` in the listener's time zone (UTC when the zone is unknown)."""

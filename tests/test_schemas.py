@@ -30,7 +30,7 @@ from schemas.wire import Serde, decode_events
 
 SERDE = Serde()
 text = st.text(min_size=1, max_size=20)
-times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)).map(
+times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)).map(
     lambda d: d.replace(microsecond=d.microsecond)  # Avro keeps microseconds
 )
 contexts = st.builds(Context, local_hour=st.none() | st.integers(0, 23), weekday=st.none() | st.integers(0, 6),
@@ -183,6 +183,26 @@ def test_batch_record_limit() -> None:
     events = [json.loads(_record().model_dump_json()) for _ in range(5)]
     decoded = decode_events(json.dumps(events).encode(), SERDE, max_bytes=10**6, max_events=4)
     assert [r.reason for r in decoded.rejected] == ["batch_too_large"] and decoded.events == []
+
+
+@pytest.mark.parametrize(("patch", "reason"), [
+    ({"occurred_at": 0}, "invalid_value"),  # a unix number: which clock? refused with a hint
+    ({"occurred_at": "0156-07-06T09:53:46-12:11"}, "invalid_value"),  # no store keeps year 156
+    ({"occurred_at": "2100-01-01T00:00:00Z"}, "invalid_value"),
+    ({"user_id": "\udafd"}, "invalid_value"),  # a lone surrogate cannot reach Redis / ClickHouse
+    ({"position": True}, "invalid_value"),
+    ({"position": "3"}, "invalid_value"),
+    ({"listened_ms": 2**40}, "invalid_value"),  # beyond what the stores hold
+])
+def test_values_downstream_stores_cannot_hold_are_refused(patch: dict, reason: str) -> None:
+    event = json.loads(_record().model_dump_json()) | patch
+    assert _reasons(json.dumps(event).encode()) == [reason]
+
+
+def test_whole_floats_count_as_integers() -> None:
+    event = json.loads(_record().model_dump_json()) | {"position": 3.0, "listened_ms": 1000.0}
+    decoded = decode_events(json.dumps(event).encode(), SERDE, max_bytes=10**6, max_events=1)
+    assert decoded.events[0].position == 3 and decoded.events[0].listened_ms == 1000
 
 
 def test_context_fields_take_defaults() -> None:
