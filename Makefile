@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Debian packages: redis-server (local stack), chromium + its driver (dashboard browser test)
+# Debian packages: redis-server (local stack), chromium + its driver (dashboard browser test),
+# prometheus + promtool (alert rules check, scrape test)
 APT_NEEDS := $(if $(shell command -v redis-server),,redis-server) $(if $(shell command -v chromium),,chromium) \
-             $(if $(shell command -v chromedriver),,chromium-driver)
+             $(if $(shell command -v chromedriver),,chromium-driver) $(if $(shell command -v promtool),,prometheus)
 
 system-deps:
 	@if [ -n "$(strip $(APT_NEEDS))" ]; then echo "installing with apt: $(APT_NEEDS)"; \

@@ -61,9 +61,11 @@ def start_worker(stack: Stack, name: str, **overrides: object) -> tuple[Settings
 
 
 MAX_RECORD = 65_536
+API_KEY = "test-key"
 
 
 @pytest.fixture(scope="session")
 def worker(stack: Stack) -> tuple[Settings, str]:
     """One real worker process for the session (it owns the session's chDB store)."""
-    return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD, snapshot_interval_s=2.0)
+    return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD, snapshot_interval_s=2.0,
+                        api_keys=API_KEY)
