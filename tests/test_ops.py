@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from deploy.local.stack import free_port
-from schemas.events import Interaction, Kind, Recommendation
+from schemas.events import Interaction, Recommendation
 from schemas.wire import Serde
 from streams.client import EventProducer
 from tests.conftest import API_KEY, start_worker

@@ -190,9 +190,24 @@ class Stack:
         except Exception:
             return False
 
+    def api_key(self) -> str:
+        """The local API key: ENCORE_API_KEYS if set, else one generated once into var/run."""
+        if self.settings.api_keys:
+            return sorted(self.settings.api_key_set())[0]
+        path = self.run_dir / "api-key"
+        if not path.exists():
+            import secrets
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def ensure_worker(self, name: str = "worker", env: dict[str, str] | None = None) -> str:
         if env is None and self.worker_ready():
             return f"worker: already serving at {self.worker_url()}"
+        if env is None and not self.settings.api_keys:
+            env = {"ENCORE_API_KEYS": self.api_key()}
         started = self._spawn(name, [sys.executable, "-m", "agents.worker"], env)
         port = (env or {}).get("ENCORE_WEB_PORT")
         url = f"http://{self.settings.web_host}:{port}" if port else self.worker_url()
@@ -212,6 +227,9 @@ class Stack:
         lines = [self.ensure_broker(), self.ensure_redis(), self.ensure_clickhouse(), self.ensure_topics()]
         if worker:
             lines.append(self.ensure_worker())
+            where = "ENCORE_API_KEYS" if self.settings.api_keys else f"{self.run_dir / 'api-key'}"
+            lines.append(f"api: POST {self.worker_url()}/v1/events with header X-API-Key (key in {where}); "
+                         f"spec at {self.worker_url()}/openapi.json")
         return lines
 
     def down(self) -> list[str]:
