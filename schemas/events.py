@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 NAMESPACE = "encore"
 
@@ -82,12 +83,12 @@ class _Model(BaseModel):
 def _whole(value: Any) -> Any:
     """Integers, or floats with no fraction (JSON does not tell 3 from 3.0); never booleans."""
     if isinstance(value, bool):
-        raise ValueError("expected an integer, got a boolean")
+        raise PydanticCustomError("int_type", "expected an integer, got a boolean")
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, int):
         return value
-    raise ValueError(f"expected an integer, got {type(value).__name__}")
+    raise PydanticCustomError("int_type", "expected an integer, got {kind}", {"kind": type(value).__name__})
 
 
 #: an integer field that does not coerce strings or booleans
@@ -176,7 +177,7 @@ class Interaction(_Input):
     @classmethod
     def _occurred_is_a_time(cls, value: Any) -> Any:
         if not isinstance(value, str | datetime):  # no unix numbers: say which clock you mean
-            raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-11-24T08:30:00Z")
+            raise PydanticCustomError("datetime_type", "must be an ISO 8601 date-time string, e.g. 2026-11-24T08:30:00Z")
         return value
 
     @field_validator("occurred_at")
