@@ -13,6 +13,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faust
 import redis
@@ -69,6 +70,8 @@ class Metrics:
         self.sink_rows = Counter("encore_sink_rows_total", "Rows written to ClickHouse", ["table"], registry=registry)
         self.sink_seconds = Histogram("encore_sink_flush_seconds", "ClickHouse flush time per batch",
                                       registry=registry)
+        self.step_failures = Counter("encore_step_failures_total", "Side-effect attempts that failed and were "
+                                     "retried (the batch waits)", ["step"], registry=registry)
         self.sink_failures = Counter("encore_sink_failures_total", "ClickHouse flushes that failed", registry=registry)
         self.latency = Histogram("encore_recommendation_latency_seconds",
                                  "From a rec_request reaching the broker to its slate being delivered",
@@ -83,6 +86,25 @@ class Metrics:
                          ["partition"], registry=registry)
         self.batch_seconds = Histogram("encore_batch_seconds", "Time to process and deliver one batch",
                                        registry=registry)
+
+
+async def until_done(step: str, metrics: Metrics, records: list[RawRecord], fn: Any, *args: Any) -> Any:
+    """Run a side effect (in a thread) until it succeeds. The batch stays unacknowledged and its
+    partitions wait meanwhile: nothing is skipped, lag grows and alerts fire; every effect is
+    idempotent, so the retries are safe. Waits 1, 2, 4 ... 30 s between attempts."""
+    delay = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception:
+            metrics.step_failures.labels(step).inc()
+            if step == "analytics":
+                metrics.sink_failures.inc()
+            log.exception("%s failed; retrying the batch in %.0f s", step, delay,
+                          extra={"step": step, "partition": records[0].partition,
+                                 "offset": records[0].offset, "last_offset": records[-1].offset})
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
@@ -142,9 +164,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             rewards = []
             if store is not None:
                 effects = [f for f in (effect_for(e, store.rules, catalogue) for e in result.events) if f]
-                # Redis errors are retried inside; if Redis stays down this raises, the batch is
-                # not acknowledged, and the agent restarts on it (every effect is idempotent)
-                applied = await asyncio.to_thread(store.apply, effects, now)
+                applied = await until_done("gamify", metrics, records, store.apply, effects, now)
                 rewards = applied.outputs
                 metrics.karma.labels("applied").inc(applied.applied)
                 metrics.karma.labels("duplicate").inc(applied.duplicates)
@@ -154,14 +174,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 analytics.add_recommendations(slates)
                 analytics.add_gamification(rewards, result.events)
                 token = offsets_token((r.topic, r.partition, r.offset) for r in records)
-                try:
-                    flushed = await asyncio.to_thread(analytics.flush, token)
-                except Exception:
-                    metrics.sink_failures.inc()
-                    log.exception("analytics flush failed; the batch will be redelivered",
-                                  extra={"step": "analytics", "partition": records[0].partition,
-                                         "offset": records[0].offset, "last_offset": records[-1].offset})
-                    raise  # the batch is not acknowledged; the agent restarts on it
+                flushed = await until_done("analytics", metrics, records, analytics.flush, token)
                 metrics.sink_seconds.observe(flushed.seconds)
                 for table, n in flushed.rows.items():
                     metrics.sink_rows.labels(table).inc(n)
