@@ -32,7 +32,13 @@ def read_table(path: str) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise SystemExit(f"{path}: no such file")
-    return pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+    try:
+        df = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        raise SystemExit(f"{path}: not a readable CSV or Parquet table ({exc})") from None
+    if df.empty:
+        raise SystemExit(f"{path}: the table has no rows")
+    return df
 
 
 def need(df: pd.DataFrame, cols: list[str], path: str) -> None:
