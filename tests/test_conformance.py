@@ -1,0 +1,146 @@
+"""One conformance suite over every model in online_models (as river's checks do): snapshot
+round trip, seeded determinism, inputs left untouched, unknown features tolerated where the
+model takes free-form input, invalid hyperparameters rejected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from online_models.context import ListeningContext
+from online_models.linear import EpsilonGreedyLinear, LinTS, LinUCB
+from online_models.popularity import ContextPopularity
+from streams.simulator import synthetic_catalogue
+
+CAT = synthetic_catalogue(2, 200)
+D = 16
+
+
+def features(seed: int, n: int = 60) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, D))
+
+
+@dataclass
+class Case:
+    make: Callable[[], Any]
+    learn: Callable[[Any], None]
+    decide: Callable[[Any, int], list[int]]
+    bad: list[dict[str, Any]]
+
+
+def linear_case(cls: type, bad: list[dict[str, Any]]) -> Case:
+    def learn(m: Any) -> None:
+        X = features(1)
+        m.update(X[:20], (X[:20, 0] > 0).astype(float))
+
+    def decide(m: Any, seed: int) -> list[int]:
+        return m.rank(features(2), 10, np.random.default_rng(seed)).indices.tolist()
+
+    return Case(lambda: cls(D), learn, decide, bad)
+
+
+def popularity_decide(m: ContextPopularity, seed: int) -> list[int]:
+    return [p.track_idx for p in m.recommend(ListeningContext("workout", 8), 10, np.random.default_rng(seed)).picks]
+
+
+CASES = {
+    "popularity": Case(lambda: ContextPopularity(CAT),
+                       lambda m: [m.learn("play_end", i, ListeningContext("workout", 8)) for i in range(0, 50, 3)],
+                       popularity_decide, [{"temperature": 0}, {"prior_weight": -1}]),
+    "linucb": linear_case(LinUCB, [{"alpha": -1}, {"l2": 0}, {"n_features": 0}]),
+    "lints": linear_case(LinTS, [{"v": 0}, {"propensity_draws": 0}, {"l2": -1}]),
+    "eps-greedy": linear_case(EpsilonGreedyLinear, [{"epsilon": 1.5}, {"epsilon": -0.1}]),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request: pytest.FixtureRequest) -> Case:
+    return CASES[request.param]
+
+
+def test_snapshot_round_trip(case: Case) -> None:
+    model = case.make()
+    case.learn(model)
+    clone = case.make()
+    clone.restore(model.snapshot())
+    assert case.decide(clone, 5) == case.decide(model, 5)
+
+
+def test_seeded_decisions_are_deterministic(case: Case) -> None:
+    a, b = case.make(), case.make()
+    case.learn(a)
+    case.learn(b)
+    assert case.decide(a, 7) == case.decide(b, 7)
+
+
+def test_learning_changes_decisions_and_leaves_inputs_alone(case: Case) -> None:
+    model = case.make()
+    before = case.decide(model, 3)
+    case.learn(model)
+    assert case.decide(model, 3) != before or isinstance(model, ContextPopularity)
+    if not isinstance(model, ContextPopularity):
+        X = features(9)
+        r = np.ones(len(X))
+        X0, r0 = X.copy(), r.copy()
+        model.update(X, r)
+        model.rank(X, 5, np.random.default_rng(0))
+        assert np.array_equal(X, X0) and np.array_equal(r, r0)
+
+
+def test_unknown_input_is_tolerated_or_refused_clearly(case: Case) -> None:
+    model = case.make()
+    if isinstance(model, ContextPopularity):
+        assert model.learn("no_such_kind", 3, ListeningContext("hologram", 8)) == 0.0  # ignored
+        assert model.learn("like", 10**9, ListeningContext()) == 0.0  # unknown track: ignored
+        assert len(model.recommend(ListeningContext("hologram", 30 % 24), 5, np.random.default_rng(0)).picks) == 5
+    else:
+        with pytest.raises(ValueError, match="features must be"):
+            model.rank(np.zeros((5, D + 1)), 3, np.random.default_rng(0))
+
+
+def test_invalid_hyperparameters_are_rejected(case: Case) -> None:
+    for bad in case.bad:
+        with pytest.raises(ValueError):
+            if isinstance(case.make(), ContextPopularity):
+                ContextPopularity(CAT, **bad)
+            else:
+                cls = type(case.make())
+                kwargs = {"n_features": D, **bad}
+                cls(kwargs.pop("n_features"), **kwargs)
+
+
+@pytest.mark.parametrize("cls", [LinUCB, LinTS, EpsilonGreedyLinear])
+def test_linear_bandits_learn_the_best_items_and_merge_deltas(cls: type) -> None:
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=D)
+    a, b = cls(D), cls(D)
+    for step in range(300):
+        X = rng.normal(size=(50, D))
+        model = a if step % 2 else b
+        shown = model.rank(X, 5, rng).indices
+        model.update(X[shown], X[shown] @ theta + rng.normal(0, 0.1, len(shown)))
+    a.merge(b.delta())  # a now holds both workers' statistics
+    b_only = b
+    X = rng.normal(size=(200, D))
+    best = set(np.argsort(-(X @ theta))[:10].tolist())
+    picked = set(a.rank(X, 10, np.random.default_rng(1)).indices.tolist())
+    assert len(best & picked) >= 6
+    assert np.corrcoef(a.theta, theta)[0, 1] > np.corrcoef(b_only.theta, theta)[0, 1] - 0.05
+
+
+def test_eps_greedy_propensities_are_exact() -> None:
+    model = EpsilonGreedyLinear(D, epsilon=0.3)
+    X = features(4, n=6)
+    model.update(X, X[:, 0])
+    first = {}
+    n = 20_000
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        r = model.rank(X, 1, rng)
+        first[int(r.indices[0])] = (first.get(int(r.indices[0]), (0, r.propensities[0]))[0] + 1, r.propensities[0])
+    for count, prop in first.values():
+        assert count / n == pytest.approx(prop, abs=0.01)
