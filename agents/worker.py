@@ -72,6 +72,8 @@ class Metrics:
                                       registry=registry)
         self.step_failures = Counter("encore_step_failures_total", "Side-effect attempts that failed and were "
                                      "retried (the batch waits)", ["step"], registry=registry)
+        self.sink_batch = Histogram("encore_sink_batch_rows", "Rows per ClickHouse flush (all tables)",
+                                    registry=registry, buckets=(10, 100, 1000, 5000, 10000, 25000, 50000, 100000))
         self.sink_failures = Counter("encore_sink_failures_total", "ClickHouse flushes that failed", registry=registry)
         self.latency = Histogram("encore_recommendation_latency_seconds",
                                  "From a rec_request reaching the broker to its slate being delivered",
@@ -176,6 +178,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 token = offsets_token((r.topic, r.partition, r.offset) for r in records)
                 flushed = await until_done("analytics", metrics, records, analytics.flush, token)
                 metrics.sink_seconds.observe(flushed.seconds)
+                metrics.sink_batch.observe(sum(flushed.rows.values()))
                 for table, n in flushed.rows.items():
                     metrics.sink_rows.labels(table).inc(n)
             pending = []
