@@ -199,7 +199,8 @@ def test_two_workers_share_the_partitions_and_no_event_is_missed(stack, worker) 
 
             _stop(pid)
         deadline = time.monotonic() + 60  # the session worker takes every partition back
-        while call(url1 + "/readyz")[1]["partitions"] != list(range(settings.partitions)):
+        while (ready := call(url1 + "/readyz")[1])["partitions"] != list(range(settings.partitions)) \
+                or not ready["ready"]:
             assert time.monotonic() < deadline, "the remaining worker did not take the partitions back"
             time.sleep(0.5)
 
