@@ -139,7 +139,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     dlq_topic = app.topic(settings.topic(DLQ.name), partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic(RECOMMENDATIONS.name), partitions=settings.partitions, **raw)
     game_topic = app.topic(settings.topic(GAMIFICATION.name), partitions=settings.partitions, **raw)
-    state = {"batches": 0}
+    state = {"batches": 0, "duplicates": 0}
 
     @app.agent(events_topic, name="ingest")
     async def ingest_agent(stream: faust.StreamT) -> None:
@@ -210,7 +210,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             for event in result.events:
                 metrics.events.labels(str(event.kind)).inc()
             metrics.records.inc(len(records))
-            metrics.duplicates.inc(recommender.duplicates - metrics.duplicates._value.get())
+            metrics.duplicates.inc(recommender.duplicates - state["duplicates"])
+            state["duplicates"] = recommender.duplicates
             metrics.batch.observe(len(records))
             metrics.batch_seconds.observe(time.perf_counter() - started)
             state["batches"] += 1

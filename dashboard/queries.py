@@ -14,14 +14,21 @@ Query = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
-def listening_heatmap(q: Query, user: str | None = None) -> dict[str, Any]:
-    """Plays by local weekday x hour: a 7 x 24 matrix (overall, or one listener's)."""
-    rows = q(
-        "SELECT weekday, local_hour, count() AS plays FROM events FINAL "
+def _plays_by(q: Query, column: str, user: str | None) -> list[dict[str, Any]]:
+    """Plays per (column, local hour), overall or for one listener. ``column`` is one of ours."""
+    if column not in ("weekday", "activity"):
+        raise ValueError(f"cannot group plays by {column!r}")
+    return q(
+        f"SELECT {column}, local_hour, count() AS plays FROM events FINAL "
         "WHERE kind = 'play_start' AND ({user:String} = '' OR user_id = {user:String}) "
-        "GROUP BY weekday, local_hour",
+        f"GROUP BY {column}, local_hour ORDER BY {column}, local_hour",
         {"user": user or ""},
     )
+
+
+def listening_heatmap(q: Query, user: str | None = None) -> dict[str, Any]:
+    """Plays by local weekday x hour: a 7 x 24 matrix (overall, or one listener's)."""
+    rows = _plays_by(q, "weekday", user)
     z = [[0] * 24 for _ in range(7)]
     for r in rows:
         z[int(r["weekday"])][int(r["local_hour"])] = int(r["plays"])
@@ -30,12 +37,7 @@ def listening_heatmap(q: Query, user: str | None = None) -> dict[str, Any]:
 
 def activity_by_hour(q: Query, user: str | None = None) -> dict[str, Any]:
     """Mood / activity patterns over the day: plays per local hour for each activity."""
-    rows = q(
-        "SELECT activity, local_hour, count() AS plays FROM events FINAL "
-        "WHERE kind = 'play_start' AND ({user:String} = '' OR user_id = {user:String}) "
-        "GROUP BY activity, local_hour ORDER BY activity, local_hour",
-        {"user": user or ""},
-    )
+    rows = _plays_by(q, "activity", user)
     series: dict[str, list[int]] = {}
     for r in rows:
         series.setdefault(r["activity"], [0] * 24)[int(r["local_hour"])] = int(r["plays"])
