@@ -35,7 +35,10 @@ def traffic(worker):  # type: ignore[no-untyped-def]
     finally:
         loop.close()
     assert stats.slates > 50
-    time.sleep(4.0)  # two leaderboard snapshots (every 2 s in the test worker)
+    deadline = time.monotonic() + 30  # a leaderboard snapshot with these listeners (every 2 s)
+    while not json.loads(urllib.request.urlopen(url + "/api/dashboard/leaderboard_history", timeout=10).read())["series"]:
+        assert time.monotonic() < deadline, "no leaderboard snapshot was taken"
+        time.sleep(0.5)
     return url, stats
 
 
