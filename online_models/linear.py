@@ -1,17 +1,21 @@
 """Contextual linear bandits that re-rank candidates into a slate, vectorised with numpy.
 
-One shared linear model over candidate feature vectors x (user x track x context features,
-built by the caller): reward ~ x . theta. Sufficient statistics are A = I*l2 + sum x x^T and
-b = sum r x; A's inverse is kept up to date with Sherman-Morrison (O(d^2) per update), so a slate
-of k from n candidates costs one (n x d) @ (d x d) product.
+One shared linear model over candidate feature vectors x (listener x track x context features,
+see :mod:`features`): reward ~ x . theta. Sufficient statistics are A = I*l2 + sum x x^T and
+b = sum r x; A's inverse is kept up to date with the Woodbury identity (one k x k solve per
+slate of k items), so scoring n candidates costs one (n x d) @ (d x d) product.
 
-- LinUCB:      score = x.theta + alpha * sqrt(x^T A^-1 x); deterministic top-k (propensity 1).
+- LinUCB:      score = x.theta + alpha * sqrt(x^T A^-1 x); greedy (propensity 1).
 - LinTS:       score = x.theta~ with theta~ ~ N(theta, v^2 A^-1); propensities estimated by
                re-drawing ``propensity_draws`` times (Thompson sampling has no closed form).
-- EpsGreedy:   each position: the best remaining candidate with prob 1-eps, else uniform among
-               the remaining; exact propensities.
+- EpsGreedy:   each position: the best allowed candidate with prob 1-eps, else uniform among
+               the allowed ones; exact propensities.
 
-Statistics are additive, so workers can exchange ``delta()``s and ``merge()`` them. Models are
+A slate is filled position by position (:func:`online_models.slate.fill`) so that slate rules
+(artist cap, discovery slots) constrain every policy and each propensity is the probability of
+the pick *given the rules and the items above it*.
+
+Statistics are additive, so workers exchange ``delta()``s and ``merge()`` them. Models are
 pure: no I/O, no clock, randomness only from the generator passed in.
 """
 
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from online_models.slate import Chooser, SlateRules, fill
+
 
 @dataclass(frozen=True)
 class Ranked:
@@ -31,9 +37,15 @@ class Ranked:
     exact: bool  # False when propensities are Monte-Carlo estimates
 
 
+def _argmax(scores: np.ndarray, allowed: np.ndarray) -> int:
+    """Best allowed row; ties go to the lower row."""
+    return int(np.argmax(np.where(allowed, scores, -np.inf)))
+
+
 class LinearBandit:
     policy_id = "linear"
     policy_version = "1"
+    exact = True
 
     def __init__(self, n_features: int, *, l2: float = 1.0) -> None:
         if n_features < 1:
@@ -62,13 +74,20 @@ class LinearBandit:
         """Learn from shown items' features and their rewards (one row per item)."""
         X = self._check(X)
         rewards = np.asarray(rewards, dtype=float)
-        for x, r in zip(X, rewards, strict=True):
-            Ax = self.A_inv @ x
-            self.A_inv -= np.outer(Ax, Ax) / (1.0 + x @ Ax)
-            self.b += r * x
-            self._delta_A += np.outer(x, x)
-            self._delta_b += r * x
-            self.n_updates += 1
+        if len(rewards) != len(X):
+            raise ValueError(f"{len(X)} feature rows but {len(rewards)} rewards")
+        if not len(X):
+            return
+        # Woodbury: (A + X^T X)^-1 = A^-1 - A^-1 X^T (I + X A^-1 X^T)^-1 X A^-1
+        AX = self.A_inv @ X.T  # (d, k)
+        inner = np.eye(len(X)) + X @ AX
+        self.A_inv -= AX @ np.linalg.solve(inner, AX.T)
+        self.A_inv = (self.A_inv + self.A_inv.T) / 2  # keep it symmetric against rounding
+        xr = rewards @ X
+        self.b += xr
+        self._delta_A += X.T @ X
+        self._delta_b += xr
+        self.n_updates += len(X)
 
     def delta(self) -> tuple[np.ndarray, np.ndarray]:
         """The statistics learned since the last call (to publish to other workers)."""
@@ -80,12 +99,21 @@ class LinearBandit:
     def merge(self, delta: tuple[np.ndarray, np.ndarray]) -> None:
         """Add another worker's statistics (A += dA, b += db)."""
         dA, db = delta
+        if dA.shape != (self.d, self.d) or db.shape != (self.d,):
+            raise ValueError(f"delta shapes {dA.shape}, {db.shape} do not fit a {self.d}-feature model")
         A = np.linalg.inv(self.A_inv) + dA
         self.A_inv = np.linalg.inv(A)
         self.b = self.b + db
 
-    def rank(self, X: np.ndarray, k: int, rng: np.random.Generator) -> Ranked:
+    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
         raise NotImplementedError
+
+    def rank(self, X: np.ndarray, k: int, rng: np.random.Generator,
+             rules: SlateRules | None = None, artists: np.ndarray | None = None,
+             discovery: np.ndarray | None = None) -> Ranked:
+        X = self._check(X)
+        order, props, scores = fill(self.chooser(X, rng), len(X), k, rules, artists, discovery)
+        return Ranked(order, scores, props, exact=self.exact)
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.__dict__)
@@ -97,12 +125,6 @@ class LinearBandit:
         self.__dict__.update(state)
 
 
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, len(scores))
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    return top[np.lexsort((top, -scores[top]))]  # ties: lower row first
-
-
 class LinUCB(LinearBandit):
     policy_id = "linucb"
 
@@ -112,18 +134,25 @@ class LinUCB(LinearBandit):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = alpha
 
-    def rank(self, X: np.ndarray, k: int, rng: np.random.Generator) -> Ranked:
-        X = self._check(X)
+    def scores(self, X: np.ndarray) -> np.ndarray:
         bonus = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self.A_inv, X), 0.0))
-        scores = X @ self.theta + self.alpha * bonus
-        order = _top_k(scores, k)
-        return Ranked(order, scores[order], np.ones(len(order)), exact=True)
+        return X @ self.theta + self.alpha * bonus
+
+    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
+        scores = self.scores(self._check(X))
+
+        def choose(allowed: np.ndarray) -> tuple[int, float, float]:
+            i = _argmax(scores, allowed)
+            return i, 1.0, float(scores[i])
+
+        return choose
 
 
 class LinTS(LinearBandit):
     policy_id = "lints"
+    exact = False
 
-    def __init__(self, n_features: int, *, v: float = 0.5, l2: float = 1.0, propensity_draws: int = 100) -> None:
+    def __init__(self, n_features: int, *, v: float = 0.3, l2: float = 1.0, propensity_draws: int = 100) -> None:
         super().__init__(n_features, l2=l2)
         if v <= 0:
             raise ValueError(f"v must be > 0, got {v}")
@@ -134,26 +163,21 @@ class LinTS(LinearBandit):
 
     def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         cov = self.v**2 * (self.A_inv + self.A_inv.T) / 2
-        L = np.linalg.cholesky(cov + 1e-12 * np.eye(self.d))
+        L = np.linalg.cholesky(cov + 1e-10 * np.eye(self.d))
         return self.theta + rng.standard_normal((n, self.d)) @ L.T
 
-    def rank(self, X: np.ndarray, k: int, rng: np.random.Generator) -> Ranked:
+    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
         X = self._check(X)
-        thetas = self._draw(rng, 1 + self.propensity_draws)
-        all_scores = X @ thetas.T  # (n_candidates, draws)
-        order = _top_k(all_scores[:, 0], k)
-        # estimate P(item at position j | items above) from the extra draws
-        props = np.empty(len(order))
-        alive = np.ones(all_scores.shape[1] - 1, dtype=bool)
-        extra = all_scores[:, 1:]
-        remaining = np.ones(len(X), dtype=bool)
-        for j, i in enumerate(order):
-            masked = np.where(remaining[:, None], extra, -np.inf)
-            winners = masked.argmax(axis=0)
-            hits = (winners == i) & alive
-            props[j] = max(hits.sum(), 1) / max(alive.sum(), 1)
-            remaining[i] = False
-        return Ranked(order, all_scores[order, 0], np.clip(props, 1e-6, 1.0), exact=False)
+        all_scores = X @ self._draw(rng, 1 + self.propensity_draws).T  # (n, draws)
+        played, extra = all_scores[:, 0], all_scores[:, 1:]
+
+        def choose(allowed: np.ndarray) -> tuple[int, float, float]:
+            i = _argmax(played, allowed)
+            winners = np.where(allowed[:, None], extra, -np.inf).argmax(axis=0)
+            p = max(int((winners == i).sum()), 1) / extra.shape[1]
+            return i, p, float(played[i])
+
+        return choose
 
 
 class EpsilonGreedyLinear(LinearBandit):
@@ -165,22 +189,16 @@ class EpsilonGreedyLinear(LinearBandit):
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = epsilon
 
-    def rank(self, X: np.ndarray, k: int, rng: np.random.Generator) -> Ranked:
-        X = self._check(X)
-        scores = X @ self.theta
-        remaining = list(np.argsort(-scores, kind="stable"))  # best first
-        order, props = [], []
-        for _ in range(min(k, len(X))):
-            m = len(remaining)
-            if rng.random() < self.epsilon:
-                pick = int(rng.integers(m))
-            else:
-                pick = 0
-            i = remaining.pop(pick)
-            props.append((1 - self.epsilon) * (pick == 0) + self.epsilon / m)
-            order.append(i)
-        order_a = np.array(order, dtype=np.int64)
-        return Ranked(order_a, scores[order_a], np.array(props), exact=True)
+    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
+        scores = self._check(X) @ self.theta
+
+        def choose(allowed: np.ndarray) -> tuple[int, float, float]:
+            best = _argmax(scores, allowed)
+            m = int(allowed.sum())
+            i = int(rng.choice(np.flatnonzero(allowed))) if rng.random() < self.epsilon else best
+            return i, (1 - self.epsilon) * (i == best) + self.epsilon / m, float(scores[i])
+
+        return choose
 
 
 MODELS = {m.policy_id: m for m in (LinUCB, LinTS, EpsilonGreedyLinear)}

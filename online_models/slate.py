@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,3 +40,91 @@ def plackett_luce(
     remaining = w.sum() - np.concatenate(([0.0], np.cumsum(w[order])[:-1]))
     props = np.clip(w[order] / remaining, 0.0, 1.0)
     return SampledSlate(order.astype(np.int64), props, float(np.prod(props)))
+
+
+# --- position-by-position filling under slate rules -----------------------------------------
+#: given the rows still allowed at this position, return (row, P(row | allowed), its score)
+Chooser = Callable[[np.ndarray], tuple[int, float, float]]
+
+
+@dataclass(frozen=True)
+class SlateRules:
+    """Diversity rules every policy's slate obeys.
+
+    - ``artist_cap``: at most this many tracks by one artist in a slate;
+    - ``discovery_share``: this share of positions (spread evenly, never the first) is filled
+      from discovery candidates (new artists, hidden gems, exploration) when any are left.
+    Recently played tracks never reach the slate: the caller excludes them from the candidates.
+    """
+
+    artist_cap: int = 2
+    discovery_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.artist_cap < 1:
+            raise ValueError(f"artist_cap must be >= 1, got {self.artist_cap}")
+        if not 0 <= self.discovery_share <= 1:
+            raise ValueError(f"discovery_share must be in [0, 1], got {self.discovery_share}")
+
+    def discovery_positions(self, k: int) -> frozenset[int]:
+        m = int(round(self.discovery_share * k))
+        if m <= 0 or k <= 1:
+            return frozenset()
+        m = min(m, k - 1)
+        return frozenset(int(round((j + 1) * k / (m + 1))) for j in range(m)) - {0}
+
+
+def fill(choose: Chooser, n: int, k: int, rules: SlateRules | None = None,
+         artists: np.ndarray | None = None, discovery: np.ndarray | None = None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fill up to ``k`` positions from ``n`` rows: (rows, propensities, scores).
+
+    At each position the allowed rows are the unplaced ones that keep the artist cap (relaxed
+    only when nothing else is left); at a discovery position, only discovery rows if any remain.
+    """
+    remaining = np.ones(n, dtype=bool)
+    counts: dict[int, int] = {}
+    disc_pos = rules.discovery_positions(k) if rules is not None and discovery is not None else frozenset()
+    order: list[int] = []
+    props: list[float] = []
+    scores: list[float] = []
+    for pos in range(min(k, n)):
+        allowed = remaining.copy()
+        if rules is not None and artists is not None and counts:
+            capped = np.fromiter((a for a, c in counts.items() if c >= rules.artist_cap), dtype=np.int64)
+            if len(capped):
+                ok = allowed & ~np.isin(artists, capped)
+                allowed = ok if ok.any() else allowed
+        if pos in disc_pos:
+            ok = allowed & discovery
+            allowed = ok if ok.any() else allowed
+        i, p, s = choose(allowed)
+        remaining[i] = False
+        if artists is not None:
+            counts[int(artists[i])] = counts.get(int(artists[i]), 0) + 1
+        order.append(i)
+        props.append(p)
+        scores.append(s)
+    return np.array(order, dtype=np.int64), np.array(props), np.array(scores)
+
+
+def softmax_chooser(scores: np.ndarray, temperature: float, rng: np.random.Generator) -> Chooser:
+    """P(row) ∝ exp(score / temperature) among the allowed rows: exact propensities."""
+    z = scores / temperature
+
+    def choose(allowed: np.ndarray) -> tuple[int, float, float]:
+        zz = np.where(allowed, z, -np.inf)
+        w = np.exp(zz - zz.max())
+        p = w / w.sum()
+        i = int(rng.choice(len(p), p=p))
+        return i, float(p[i]), float(scores[i])
+
+    return choose
+
+
+def uniform_chooser(rng: np.random.Generator) -> Chooser:
+    def choose(allowed: np.ndarray) -> tuple[int, float, float]:
+        rows = np.flatnonzero(allowed)
+        return int(rng.choice(rows)), 1.0 / len(rows), 0.0
+
+    return choose

@@ -1,0 +1,189 @@
+"""Closed-loop simulator benchmark: every policy against the same simulated listeners.
+
+    python -m bench.closed_loop                      # 100k events per policy, seed 7
+    python -m bench.closed_loop --events 20000 --policies linucb,popularity
+
+For each policy the simulator's listeners (hidden tastes, seeded) ask for slates, the policy
+answers, the listeners react event by event, and the policy learns from those events and from
+the rewards joined to its decisions (the same :class:`RewardJoin` the worker uses). In process,
+no broker: this measures the learning, not the transport.
+
+Reward here is the *expected* completion probability of each item the listener reached (the
+simulator knows it), which has far less noise than the sampled outcome. The oracle fills the
+same positions with the best tracks it is allowed to play (the recently played ones are
+excluded for it too), in order. Regret = oracle reward - policy reward, summed over impressions.
+Prints a table and writes ``bench/out/closed_loop.png`` (cumulative reward and regret by events)
+and ``bench/out/closed_loop.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from agents.recommend import listening_context
+from online_models.policy import POLICIES, HybridPolicy, make_policy
+from online_models.reward import Decision, Feedback, RewardJoin
+from online_models.rl import SessionDQN
+from streams.simulator import World, synthetic_catalogue
+
+OUT = Path(__file__).resolve().parent / "out"
+RECENT = 50
+
+
+@dataclass
+class Curve:
+    policy: str
+    events: list[int] = field(default_factory=list)  # cumulative events after each slate
+    reward: list[float] = field(default_factory=list)  # cumulative expected reward
+    oracle: list[float] = field(default_factory=list)  # cumulative oracle reward
+    impressions: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def rate_last(self, events: int) -> tuple[float, float]:
+        """(policy, oracle) reward per impression over the last ``events`` events."""
+        ev = np.array(self.events)
+        j = int(np.searchsorted(ev, ev[-1] - events))
+        n = self.impressions[-1] - self.impressions[j]
+        return (self.reward[-1] - self.reward[j]) / n, (self.oracle[-1] - self.oracle[j]) / n
+
+    @property
+    def regret(self) -> float:
+        return self.oracle[-1] - self.reward[-1]
+
+
+def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: int = 300,
+        n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
+        progress: bool = True) -> Curve:
+    catalogue = synthetic_catalogue(seed, n_tracks)
+    world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}")
+    policy = make_policy(policy_name, catalogue, seed=seed)
+    join = RewardJoin(window_s=3600)
+    rng = np.random.default_rng(seed + 2)
+    recent: dict[str, deque[int]] = {}
+    curve = Curve(policy_name)
+    clock = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+    n_events = n_imp = slates = 0
+    cum_r = cum_o = 0.0
+    started = time.perf_counter()
+    next_report = 10_000
+    while n_events < events:
+        listener = world.listeners[int(rng.integers(len(world.listeners)))]
+        clock += timedelta(seconds=int(rng.integers(1, 60)))
+        session = world.start_session(listener, clock)
+        while session.active and n_events < events:
+            request = world.request(session, slate_size)
+            n_events += 1
+            ctx = listening_context(request)
+            played = recent.setdefault(listener.user_id, deque(maxlen=RECENT))
+            exclude = np.fromiter(played, dtype=np.int64) if played else None
+            decided = policy.recommend(listener.user_id, session.session_id, ctx, slate_size,
+                                       np.random.default_rng([seed, slates]), exclude)
+            slates += 1
+            rec_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{policy_name}:{request.event_id}")
+            tracks = [catalogue.track_ids[p.track_idx] for p in decided.slate.picks]
+            join.decide(Decision(rec_id, listener.user_id, request.occurred_at, tuple(tracks), policy_name,
+                                 decided.payload))
+            out = world.react(session, rec_id, tracks)
+            n_events += len(out)
+            # expected reward of what was reached vs the oracle's best allowed tracks, position by position
+            p_all = session.p_complete
+            allowed_p = p_all.copy()
+            if exclude is not None:
+                allowed_p[exclude] = -1
+            best = np.sort(allowed_p)[::-1][:slate_size]
+            reached = [e for e in out if e.kind == "play_start"]
+            for j, e in enumerate(reached):
+                cum_r += float(p_all[catalogue.index[e.track_id]])
+                cum_o += float(best[j])
+            n_imp += len(reached)
+            for e in out:
+                i = catalogue.index[e.track_id]
+                if e.kind == "play_start":
+                    played.append(i)
+                policy.observe(listener.user_id, session.session_id, str(e.kind), i, ctx, e.rating)
+                join.feedback(Feedback(e.event_id, rec_id, e.track_id, str(e.kind), e.occurred_at,
+                                       e.listened_ms, e.position))
+            for closed in join.close_due(all_open=True):  # all its feedback is in: close now
+                policy.learn(closed.decision.payload, closed.rewards)
+            if isinstance(policy, HybridPolicy) and isinstance(policy.ranker, SessionDQN) and slates % train_every == 0:
+                policy.ranker.train(train_steps)
+            curve.events.append(n_events)
+            curve.reward.append(cum_r)
+            curve.oracle.append(cum_o)
+            curve.impressions.append(n_imp)
+            if progress and n_events >= next_report:
+                print(f"  {policy_name:<12} {n_events:>7,} events  reward/impression {cum_r / max(n_imp, 1):.3f}"
+                      f"  oracle {cum_o / max(n_imp, 1):.3f}", flush=True)
+                next_report += 10_000
+    curve.seconds = time.perf_counter() - started
+    return curve
+
+
+def plot(curves: list[Curve], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+    for c in curves:
+        a.plot(c.events, c.reward, label=c.policy)
+        b.plot(c.events, np.array(c.oracle) - np.array(c.reward), label=c.policy)
+    a.plot(curves[0].events, curves[0].oracle, "k--", label="oracle (for the first policy's impressions)")
+    a.set(title="Cumulative expected reward", xlabel="events", ylabel="sum of completion probability")
+    b.set(title="Cumulative regret vs oracle", xlabel="events", ylabel="oracle - policy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--listeners", type=int, default=300)
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    curves = []
+    for name in args.policies.split(","):
+        print(f"{name}: running {args.events:,} events (seed {args.seed}, {args.listeners} listeners)", flush=True)
+        curves.append(run(name, events=args.events, seed=args.seed, n_listeners=args.listeners))
+    pop = next((c for c in curves if c.policy == "popularity"), None)
+    print(f"\n{'policy':<12} {'reward/imp':>10} {'last10k':>8} {'oracle10k':>9} {'%oracle':>8} "
+          f"{'regret':>9} {'%pop regret':>11} {'seconds':>8}")
+    summary = []
+    for c in curves:
+        last, olast = c.rate_last(10_000)
+        rel = c.regret / pop.regret if pop else float("nan")
+        print(f"{c.policy:<12} {c.reward[-1] / c.impressions[-1]:>10.3f} {last:>8.3f} {olast:>9.3f} "
+              f"{100 * last / olast:>7.1f}% {c.regret:>9.1f} {100 * rel:>10.1f}% {c.seconds:>8.1f}")
+        summary.append({"policy": c.policy, "reward_per_impression": c.reward[-1] / c.impressions[-1],
+                        "last_10k_rate": last, "last_10k_oracle_rate": olast, "pct_of_oracle_last_10k": last / olast,
+                        "regret": c.regret, "regret_vs_popularity": rel, "impressions": c.impressions[-1],
+                        "seconds": c.seconds})
+    best = max(summary, key=lambda s: s["pct_of_oracle_last_10k"])
+    print(f"\nbest: {best['policy']}  {100 * best['pct_of_oracle_last_10k']:.1f}% of oracle in the last 10k events "
+          f"(goal >= 90%), regret {100 * best['regret_vs_popularity']:.1f}% of popularity's (goal <= 30%)")
+    png = args.out / "closed_loop.png"
+    plot(curves, png)
+    (args.out / "closed_loop.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                           "summary": summary,
+                                                           "curves": [asdict(c) for c in curves]}))
+    print(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    main()

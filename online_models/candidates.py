@@ -1,0 +1,257 @@
+"""Candidate generation, updated online from every feedback event.
+
+Five generators propose tracks for a (listener, context) and a hybrid blends them; every
+candidate carries the generator that proposed it (its *source*) and an *anchor* (the liked
+track or artist it came from) so the slate can explain itself.
+
+- ``popularity``: popularity by context (activity x daypart), see :mod:`popularity`.
+- ``co-listen``:  item-item co-occurrence of positively received tracks within sessions
+  (collaborative: "listeners who finished X also finished Y").
+- ``content``:    closeness of a track's audio features to the listener's taste in this
+  activity, plus the listener's measured genre affinity.
+- ``artist``:     tracks by artists the listener has not played, whose sound and genre are
+  close to an artist the listener liked ("new artist close to Y").
+- ``gems``:       low popularity (bottom ``gem_quantile``) but high content fit.
+- ``explore``:    a few uniform draws so nothing is unreachable.
+
+Pure: no I/O or clock; randomness only from the generator passed in.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from online_models.catalogue import Catalogue
+from online_models.context import ACTIVITIES, ListeningContext
+from online_models.popularity import ContextPopularity
+
+SOURCES = ("popularity", "co-listen", "content", "artist", "gems", "explore")
+DISCOVERY_SOURCES = frozenset({"artist", "gems", "explore"})
+POSITIVE = {"play_end": 1.0, "like": 1.0, "replay": 0.5, "playlist_add": 1.0, "thumbs_up": 0.5}
+NEGATIVE = {"skip": 1.0, "thumbs_down": 1.0, "dislike": 1.0}
+
+
+@dataclass
+class ListenerProfile:
+    """What the system has learned about one listener (no hidden truth)."""
+
+    n_genres: int
+    n_features: int
+    genre_pos: np.ndarray = field(init=False)
+    genre_shown: np.ndarray = field(init=False)
+    taste_sum: np.ndarray = field(init=False)  # per activity: sum of liked tracks' features
+    taste_n: np.ndarray = field(init=False)
+    artist_pos: dict[int, float] = field(default_factory=dict)
+    artist_shown: dict[int, float] = field(default_factory=dict)
+    liked: deque[int] = field(default_factory=lambda: deque(maxlen=20))
+    session_id: str = ""
+    session_pos: deque[int] = field(default_factory=lambda: deque(maxlen=10))
+
+    def __post_init__(self) -> None:
+        self.genre_pos = np.zeros(self.n_genres)
+        self.genre_shown = np.zeros(self.n_genres)
+        self.taste_sum = np.zeros((len(ACTIVITIES), self.n_features))
+        self.taste_n = np.zeros(len(ACTIVITIES))
+
+    def taste(self, activity: int, fallback: np.ndarray) -> np.ndarray:
+        """Mean sound of what the listener liked in this activity, shrunk towards ``fallback``."""
+        n = self.taste_n[activity]
+        return (self.taste_sum[activity] + 2.0 * fallback) / (n + 2.0)
+
+    def genre_rate(self, prior: np.ndarray) -> np.ndarray:
+        """Smoothed share of shown tracks of each genre that the listener received well."""
+        return (self.genre_pos + 2.0 * prior) / (self.genre_shown + 2.0)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    idx: np.ndarray  # catalogue rows
+    source: np.ndarray  # index into SOURCES, per candidate
+    anchor: np.ndarray  # catalogue row (co-listen) or artist row (artist) the candidate came from, -1 if none
+    scores: dict[str, np.ndarray]  # per generator, its score for every candidate (0 if it has none)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+class CandidateGenerator:
+    def __init__(self, catalogue: Catalogue, *, n_candidates: int = 200,
+                 quotas: dict[str, float] | None = None, gem_quantile: float = 0.3,
+                 popularity: ContextPopularity | None = None, co_window: int = 5) -> None:
+        if n_candidates < 1:
+            raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+        if not 0 < gem_quantile < 1:
+            raise ValueError(f"gem_quantile must be in (0, 1), got {gem_quantile}")
+        self.quotas = dict(quotas or {"popularity": 0.25, "co-listen": 0.2, "content": 0.25, "artist": 0.1,
+                                      "gems": 0.1, "explore": 0.1})
+        bad = set(self.quotas) - set(SOURCES)
+        if bad or any(v < 0 for v in self.quotas.values()):
+            raise ValueError(f"quotas must be >= 0 over {SOURCES}, got {self.quotas}")
+        self.catalogue = catalogue
+        self.n_candidates = min(n_candidates, len(catalogue))
+        self.popularity = popularity or ContextPopularity(catalogue)
+        self.co_window = co_window
+        artists = sorted(set(catalogue.artist_ids))
+        self.artists = tuple(artists)
+        apos = {a: i for i, a in enumerate(artists)}
+        self.artist_of = np.array([apos[a] for a in catalogue.artist_ids])
+        n_art = len(artists)
+        # an artist's sound: mean track features plus its genre mix, unit length for cosine
+        genre_1h = np.eye(len(catalogue.genres))[catalogue.genre_idx]
+        counts = np.bincount(self.artist_of, minlength=n_art)[:, None]
+        sound = np.zeros((n_art, catalogue.features.shape[1] + len(catalogue.genres)))
+        np.add.at(sound, self.artist_of, np.hstack([catalogue.features, genre_1h]))
+        sound /= np.maximum(counts, 1)
+        sound -= sound.mean(axis=0)
+        self.artist_vec = sound / np.maximum(np.linalg.norm(sound, axis=1, keepdims=True), 1e-9)
+        self.gem = catalogue.popularity <= np.quantile(catalogue.popularity, gem_quantile)
+        self.mean_sound = catalogue.features.mean(axis=0)
+        self.genre_prior = np.full(len(catalogue.genres), 0.5)
+        self.co: dict[int, dict[int, float]] = defaultdict(dict)
+        self.profiles: dict[str, ListenerProfile] = {}
+
+    # --- learning ---------------------------------------------------------------------------
+    def profile(self, user_id: str) -> ListenerProfile:
+        p = self.profiles.get(user_id)
+        if p is None:
+            p = self.profiles[user_id] = ListenerProfile(len(self.catalogue.genres), self.catalogue.features.shape[1])
+        return p
+
+    def observe(self, user_id: str, session_id: str, kind: str, track_idx: int, ctx: ListeningContext,
+                rating: float | None = None) -> None:
+        """Learn from one feedback event on a track."""
+        if not 0 <= track_idx < len(self.catalogue):
+            return
+        self.popularity.learn(kind, track_idx, ctx, rating)
+        prof = self.profile(user_id)
+        g, a = int(self.catalogue.genre_idx[track_idx]), int(self.artist_of[track_idx])
+        if kind == "play_start":
+            prof.genre_shown[g] += 1
+            prof.artist_shown[a] = prof.artist_shown.get(a, 0.0) + 1
+            return
+        w = POSITIVE.get(kind, 0.0)
+        if kind == "rating" and rating is not None:
+            w = max(0.0, rating - 2.5) / 2.5
+        if w <= 0:
+            return
+        if kind == "play_end":  # counts once per play: the rate's numerator
+            prof.genre_pos[g] += 1
+            prof.artist_pos[a] = prof.artist_pos.get(a, 0.0) + 1
+            act = ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
+            prof.taste_sum[act] += self.catalogue.features[track_idx]
+            prof.taste_n[act] += 1
+        if kind in ("like", "playlist_add", "replay", "thumbs_up") and (not prof.liked or prof.liked[-1] != track_idx):
+            prof.liked.append(track_idx)
+        if prof.session_id != session_id:
+            prof.session_id, prof.session_pos = session_id, deque(maxlen=self.co_window)
+        if track_idx in prof.session_pos:
+            return
+        for other in prof.session_pos:
+            self.co[other][track_idx] = self.co[other].get(track_idx, 0.0) + w
+            self.co[track_idx][other] = self.co[track_idx].get(other, 0.0) + w
+        prof.session_pos.append(track_idx)
+
+    # --- scoring ----------------------------------------------------------------------------
+    def content_scores(self, prof: ListenerProfile, ctx: ListeningContext) -> np.ndarray:
+        act = ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
+        n_all = prof.taste_n.sum()
+        overall = prof.taste_sum.sum(axis=0) / n_all if n_all else self.mean_sound
+        taste = prof.taste(act, overall)
+        dist = ((self.catalogue.features - taste) ** 2).sum(axis=1)
+        return -6.0 * dist + np.log(prof.genre_rate(self.genre_prior))[self.catalogue.genre_idx]
+
+    def co_scores(self, prof: ListenerProfile) -> tuple[np.ndarray, np.ndarray]:
+        """Sum of co-occurrence weights with the listener's recent positives; and which one gave most."""
+        n = len(self.catalogue)
+        score, anchor, best = np.zeros(n), np.full(n, -1), np.zeros(n)
+        seeds = list(dict.fromkeys(list(prof.session_pos)[::-1] + list(prof.liked)[::-1]))[:10]
+        for s in seeds:
+            row = self.co.get(s)
+            if not row:
+                continue
+            idx = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
+            w = np.fromiter(row.values(), dtype=float, count=len(row))
+            score[idx] += w
+            better = w > best[idx]
+            anchor[idx[better]], best[idx[better]] = s, w[better]
+        return np.log1p(score), anchor
+
+    def artist_scores(self, prof: ListenerProfile) -> tuple[np.ndarray, np.ndarray]:
+        """Similarity of each track's artist to the listener's best-liked artist, 0 for artists
+        already played (this generator is about new artists)."""
+        n = len(self.catalogue)
+        if not prof.artist_pos:
+            return np.zeros(n), np.full(n, -1)
+        liked = sorted(prof.artist_pos, key=lambda a: (-prof.artist_pos[a], a))[:5]
+        sims = self.artist_vec @ self.artist_vec[liked].T  # (n_artists, n_liked)
+        best = sims.argmax(axis=1)
+        sim = np.clip(sims.max(axis=1), 0, None)
+        played = np.fromiter(prof.artist_shown.keys(), dtype=np.int64, count=len(prof.artist_shown))
+        sim[played] = 0.0
+        return sim[self.artist_of], np.asarray(liked)[best][self.artist_of]
+
+    def generate(self, user_id: str, ctx: ListeningContext, rng: np.random.Generator,
+                 exclude: np.ndarray | None = None) -> Candidates:
+        prof = self.profile(user_id)
+        n = len(self.catalogue)
+        allowed = np.ones(n, dtype=bool)
+        if exclude is not None and len(exclude):
+            allowed[exclude] = False
+        pop = self.popularity.scores(ctx)
+        content = self.content_scores(prof, ctx)
+        co, co_anchor = self.co_scores(prof)
+        art, art_anchor = self.artist_scores(prof)
+        gems = np.where(self.gem, content, -np.inf)
+        ranked = {
+            "popularity": pop, "co-listen": np.where(co > 0, co, -np.inf), "content": content,
+            "artist": np.where(art > 0, art + 0.1 * content, -np.inf), "gems": gems,
+            "explore": rng.random(n),
+        }
+        chosen = np.zeros(n, dtype=bool)
+        picks: list[np.ndarray] = []
+        src: list[np.ndarray] = []
+        total = sum(self.quotas.values()) or 1.0
+        for s_i, name in enumerate(SOURCES):
+            want = int(round(self.n_candidates * self.quotas.get(name, 0.0) / total))
+            if want <= 0:
+                continue
+            sc = np.where(allowed & ~chosen, ranked[name], -np.inf)
+            top = _top(sc, want)
+            chosen[top] = True
+            picks.append(top)
+            src.append(np.full(len(top), s_i))
+        short = self.n_candidates - int(chosen.sum())
+        if short > 0:  # fill with content, the generator that always has an opinion
+            top = _top(np.where(allowed & ~chosen, content, -np.inf), short)
+            picks.append(top)
+            src.append(np.full(len(top), SOURCES.index("content")))
+        idx = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
+        source = np.concatenate(src) if src else np.empty(0, dtype=np.int64)
+        anchor = np.full(len(idx), -1)
+        is_co, is_art = source == SOURCES.index("co-listen"), source == SOURCES.index("artist")
+        anchor[is_co] = co_anchor[idx[is_co]]
+        anchor[is_art] = art_anchor[idx[is_art]]
+        finite = {"popularity": pop, "co-listen": co, "content": content, "artist": art}
+        return Candidates(idx, source, anchor, {k: v[idx] for k, v in finite.items()})
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps((self.popularity.snapshot(), dict(self.co), self.profiles))
+
+    def restore(self, blob: bytes) -> None:
+        pop, co, self.profiles = pickle.loads(blob)
+        self.popularity.restore(pop)
+        self.co = defaultdict(dict, co)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k best finite scores, best first (ties: lower row first)."""
+    ok = np.flatnonzero(np.isfinite(scores))
+    if len(ok) == 0 or k <= 0:
+        return np.empty(0, dtype=np.int64)
+    k = min(k, len(ok))
+    part = ok[np.argpartition(-scores[ok], k - 1)[:k]] if k < len(ok) else ok
+    return part[np.lexsort((part, -scores[part]))].astype(np.int64)

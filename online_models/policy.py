@@ -1,0 +1,211 @@
+"""Serving policies: what the recommend step calls. Each one turns (listener, context) into a
+slate whose items carry a score, a propensity, a source and an explanation, and learns from
+feedback events (``observe``) and from joined rewards (``learn``).
+
+- ``random``:      uniform over the catalogue (a floor for the benchmarks).
+- ``popularity``:  popularity by context, softmax-sampled.
+- ``linucb``, ``lints``, ``eps-greedy``: the hybrid candidate generators, re-ranked by a
+                   contextual linear bandit over :mod:`features`.
+- ``session-dqn``: the same candidates ranked by the session-level DQN (:mod:`rl`).
+
+Every slate obeys :class:`SlateRules` (artist cap, discovery slots); recently played tracks are
+excluded by the caller. Pure: no I/O or clock.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from online_models.candidates import DISCOVERY_SOURCES, SOURCES, CandidateGenerator
+from online_models.catalogue import Catalogue
+from online_models.context import ListeningContext
+from online_models.features import N_FEATURES, build_features
+from online_models.linear import EpsilonGreedyLinear, LinearBandit, LinTS, LinUCB
+from online_models.popularity import ContextPopularity, Slate, SlatePick
+from online_models.rl import SessionDQN, SessionState
+from online_models.slate import SlateRules, fill, softmax_chooser, uniform_chooser
+
+POLICIES = ("random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn")
+_DISCOVERY = np.array([s in DISCOVERY_SOURCES for s in SOURCES])
+
+
+@dataclass(frozen=True)
+class Decided:
+    slate: Slate
+    payload: Any = None  # what ``learn`` needs once the rewards are known
+
+
+@dataclass
+class _Sessions:
+    """Session state per session id, bounded (oldest sessions forgotten)."""
+
+    capacity: int = 100_000
+    states: OrderedDict[str, SessionState] = field(default_factory=OrderedDict)
+
+    def get(self, session_id: str, ctx: ListeningContext) -> SessionState:
+        s = self.states.get(session_id)
+        if s is None:
+            s = self.states[session_id] = SessionState.start(ctx)
+            if len(self.states) > self.capacity:
+                self.states.popitem(last=False)
+        return s
+
+
+class RandomPolicy:
+    policy_id = "random"
+    policy_version = "1"
+
+    def __init__(self, catalogue: Catalogue, rules: SlateRules | None = None) -> None:
+        self.catalogue, self.rules = catalogue, rules or SlateRules(discovery_share=0)
+        self._artists = CandidateGenerator(catalogue, n_candidates=1).artist_of
+
+    def recommend(self, user_id: str, session_id: str, ctx: ListeningContext, k: int,
+                  rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
+        allowed = _allowed(len(self.catalogue), exclude)
+        rows = np.flatnonzero(allowed)
+        order, props, scores = fill(uniform_chooser(rng), len(rows), k, self.rules, self._artists[rows])
+        picks = tuple(SlatePick(int(rows[i]), 0.0, float(p), "explore", "a random pick")
+                      for i, p in zip(order, props, strict=True))
+        return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version))
+
+    def observe(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def learn(self, payload: Any, rewards: tuple[float | None, ...]) -> int:
+        return 0
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, blob: bytes) -> None:
+        return None
+
+
+class PopularityPolicy(RandomPolicy):
+    policy_id = "popularity"
+
+    def __init__(self, catalogue: Catalogue, rules: SlateRules | None = None, *, temperature: float = 1.0) -> None:
+        super().__init__(catalogue, rules)
+        self.model = ContextPopularity(catalogue, temperature=temperature)
+        self.policy_version = self.model.policy_version
+
+    def recommend(self, user_id: str, session_id: str, ctx: ListeningContext, k: int,
+                  rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
+        scores = self.model.scores(ctx)
+        rows = np.flatnonzero(_allowed(len(self.catalogue), exclude))
+        order, props, sc = fill(softmax_chooser(scores[rows], self.model.temperature, rng), len(rows), k,
+                                self.rules, self._artists[rows])
+        picks = tuple(SlatePick(int(rows[i]), float(s), float(p), *self.model._why(int(rows[i]), ctx))
+                      for i, p, s in zip(order, props, sc, strict=True))
+        return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version))
+
+    def observe(self, user_id: str, session_id: str, kind: str, track_idx: int, ctx: ListeningContext,
+                rating: float | None = None) -> None:
+        self.model.learn(kind, track_idx, ctx, rating)
+
+    def snapshot(self) -> bytes:
+        return self.model.snapshot()
+
+    def restore(self, blob: bytes) -> None:
+        self.model.restore(blob)
+
+
+class HybridPolicy:
+    """Candidates from every generator -> features -> a ranker (bandit or DQN) -> slate rules."""
+
+    def __init__(self, catalogue: Catalogue, ranker: LinearBandit | SessionDQN, *,
+                 rules: SlateRules | None = None, n_candidates: int = 200) -> None:
+        self.catalogue = catalogue
+        self.ranker = ranker
+        self.rules = rules or SlateRules()
+        self.gen = CandidateGenerator(catalogue, n_candidates=n_candidates)
+        self.sessions = _Sessions()
+        self.policy_id = ranker.policy_id
+        self.policy_version = ranker.policy_version
+
+    def recommend(self, user_id: str, session_id: str, ctx: ListeningContext, k: int,
+                  rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
+        cands = self.gen.generate(user_id, ctx, rng, exclude)
+        X = build_features(self.gen, self.gen.profile(user_id), ctx, cands)
+        state = self.sessions.get(session_id, ctx)
+        if isinstance(self.ranker, SessionDQN):
+            choose = self.ranker.chooser(X, rng, SessionState(**vars(state)))
+        else:
+            choose = self.ranker.chooser(X, rng)
+        order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
+                                    _DISCOVERY[cands.source])
+        state.slates += 1
+        picks = tuple(
+            SlatePick(int(cands.idx[i]), float(s), float(p), SOURCES[cands.source[i]],
+                      self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx))
+            for i, p, s in zip(order, props, scores, strict=True)
+        )
+        payload = (X[order].astype(np.float32), SessionState(**vars(state)))
+        return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version), payload)
+
+    def explain(self, track: int, source: int, anchor: int, ctx: ListeningContext) -> str:
+        name = SOURCES[source]
+        if name == "co-listen" and anchor >= 0:
+            return f"because you liked {self.catalogue.track_ids[anchor]}"
+        if name == "artist" and anchor >= 0:
+            return f"new artist close to {self.gen.artists[anchor]}"
+        if name == "gems":
+            return f"a hidden {self.catalogue.genre_of(track)} gem close to your taste"
+        if name == "content":
+            return f"matches the sound of {ctx.describe()}"
+        if name == "explore":
+            return "something new to try"
+        return f"popular in {ctx.describe()}"
+
+    def observe(self, user_id: str, session_id: str, kind: str, track_idx: int, ctx: ListeningContext,
+                rating: float | None = None) -> None:
+        self.gen.observe(user_id, session_id, kind, track_idx, ctx, rating)
+        s = self.sessions.states.get(session_id)
+        if s is not None and kind in ("play_end", "skip"):
+            s.__dict__.update(vars(s.after(1.0 if kind == "play_end" else -1.0)), position=0)
+
+    def learn(self, payload: Any, rewards: tuple[float | None, ...]) -> int:
+        """Learn from one closed slate: rows the listener reached, with their rewards."""
+        X, state = payload
+        if isinstance(self.ranker, SessionDQN):
+            return self.ranker.learn(state, X, list(rewards))
+        seen = [i for i, r in enumerate(rewards) if r is not None]
+        if seen:
+            self.ranker.update(X[seen], np.array([rewards[i] for i in seen]))
+        return len(seen)
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps((self.ranker.snapshot(), self.gen.snapshot(), self.sessions))
+
+    def restore(self, blob: bytes) -> None:
+        ranker, gen, self.sessions = pickle.loads(blob)
+        self.ranker.restore(ranker)
+        self.gen.restore(gen)
+
+
+def _allowed(n: int, exclude: np.ndarray | None) -> np.ndarray:
+    allowed = np.ones(n, dtype=bool)
+    if exclude is not None and len(exclude):
+        allowed[exclude] = False
+    return allowed
+
+
+def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0, rules: SlateRules | None = None,
+                n_candidates: int = 200, **params: Any) -> RandomPolicy | HybridPolicy:
+    """A serving policy by name (see POLICIES); ``params`` go to the ranker's constructor."""
+    if name == "random":
+        return RandomPolicy(catalogue, rules)
+    if name == "popularity":
+        return PopularityPolicy(catalogue, rules, **params)
+    rankers = {"linucb": LinUCB, "lints": LinTS, "eps-greedy": EpsilonGreedyLinear}
+    if name in rankers:
+        return HybridPolicy(catalogue, rankers[name](N_FEATURES, **params), rules=rules, n_candidates=n_candidates)
+    if name == "session-dqn":
+        return HybridPolicy(catalogue, SessionDQN(N_FEATURES, seed=seed, **params), rules=rules,
+                            n_candidates=n_candidates)
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
