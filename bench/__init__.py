@@ -1,0 +1,3 @@
+"""See the package docs in README."""
+
+import online_models  # noqa: F401  (sets single-threaded BLAS before numpy loads)

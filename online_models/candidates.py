@@ -9,6 +9,9 @@ track or artist it came from) so the slate can explain itself.
   (collaborative: "listeners who finished X also finished Y").
 - ``content``:    closeness of a track's audio features to the listener's taste in this
   activity, plus the listener's measured genre affinity.
+- ``familiar``:   more tracks by the artists the listener finishes most ("more from Y").
+- ``again``:      tracks the listener finished before and that have left the recent-plays
+  window ("you loved it before").
 - ``artist``:     tracks by artists the listener has not played, whose sound and genre are
   close to an artist the listener liked ("new artist close to Y").
 - ``gems``:       low popularity (bottom ``gem_quantile``) but high content fit.
@@ -29,7 +32,7 @@ from online_models.catalogue import Catalogue
 from online_models.context import ACTIVITIES, ListeningContext
 from online_models.popularity import ContextPopularity
 
-SOURCES = ("popularity", "co-listen", "content", "artist", "gems", "explore")
+SOURCES = ("popularity", "co-listen", "content", "familiar", "again", "artist", "gems", "explore")
 DISCOVERY_SOURCES = frozenset({"artist", "gems", "explore"})
 POSITIVE = {"play_end": 1.0, "like": 1.0, "replay": 0.5, "playlist_add": 1.0, "thumbs_up": 0.5}
 NEGATIVE = {"skip": 1.0, "thumbs_down": 1.0, "dislike": 1.0}
@@ -47,6 +50,11 @@ class ListenerProfile:
     taste_n: np.ndarray = field(init=False)
     artist_pos: dict[int, float] = field(default_factory=dict)
     artist_shown: dict[int, float] = field(default_factory=dict)
+    genre_res: np.ndarray = field(init=False)  # summed reward residuals per genre (see learn_residuals)
+    genre_res_n: np.ndarray = field(init=False)
+    artist_res: dict[int, tuple[float, int]] = field(default_factory=dict)
+    track_pos: dict[int, float] = field(default_factory=dict)
+    track_shown: dict[int, float] = field(default_factory=dict)
     liked: deque[int] = field(default_factory=lambda: deque(maxlen=20))
     session_id: str = ""
     session_pos: deque[int] = field(default_factory=lambda: deque(maxlen=10))
@@ -56,6 +64,8 @@ class ListenerProfile:
         self.genre_shown = np.zeros(self.n_genres)
         self.taste_sum = np.zeros((len(ACTIVITIES), self.n_features))
         self.taste_n = np.zeros(len(ACTIVITIES))
+        self.genre_res = np.zeros(self.n_genres)
+        self.genre_res_n = np.zeros(self.n_genres)
 
     def taste(self, activity: int, fallback: np.ndarray) -> np.ndarray:
         """Mean sound of what the listener liked in this activity, shrunk towards ``fallback``."""
@@ -86,8 +96,8 @@ class CandidateGenerator:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
         if not 0 < gem_quantile < 1:
             raise ValueError(f"gem_quantile must be in (0, 1), got {gem_quantile}")
-        self.quotas = dict(quotas or {"popularity": 0.25, "co-listen": 0.2, "content": 0.25, "artist": 0.1,
-                                      "gems": 0.1, "explore": 0.1})
+        self.quotas = dict(quotas or {"popularity": 0.15, "co-listen": 0.1, "content": 0.25, "familiar": 0.15,
+                                      "again": 0.1, "artist": 0.1, "gems": 0.05, "explore": 0.1})
         bad = set(self.quotas) - set(SOURCES)
         if bad or any(v < 0 for v in self.quotas.values()):
             raise ValueError(f"quotas must be >= 0 over {SOURCES}, got {self.quotas}")
@@ -130,6 +140,7 @@ class CandidateGenerator:
         prof = self.profile(user_id)
         g, a = int(self.catalogue.genre_idx[track_idx]), int(self.artist_of[track_idx])
         if kind == "play_start":
+            prof.track_shown[track_idx] = prof.track_shown.get(track_idx, 0.0) + 1
             prof.genre_shown[g] += 1
             prof.artist_shown[a] = prof.artist_shown.get(a, 0.0) + 1
             return
@@ -139,6 +150,7 @@ class CandidateGenerator:
         if w <= 0:
             return
         if kind == "play_end":  # counts once per play: the rate's numerator
+            prof.track_pos[track_idx] = prof.track_pos.get(track_idx, 0.0) + 1
             prof.genre_pos[g] += 1
             prof.artist_pos[a] = prof.artist_pos.get(a, 0.0) + 1
             act = ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
@@ -154,6 +166,31 @@ class CandidateGenerator:
             self.co[other][track_idx] = self.co[other].get(track_idx, 0.0) + w
             self.co[track_idx][other] = self.co[track_idx].get(other, 0.0) + w
         prof.session_pos.append(track_idx)
+
+    def learn_residuals(self, user_id: str, tracks: np.ndarray, residuals: np.ndarray) -> None:
+        """What the shared model got wrong for this listener, per genre and artist: the
+        listener-specific part of the reward (a per-listener layer on top of the shared model,
+        as in hybrid LinUCB), fed back as features."""
+        prof = self.profile(user_id)
+        genres = self.catalogue.genre_idx[tracks]
+        np.add.at(prof.genre_res, genres, residuals)
+        np.add.at(prof.genre_res_n, genres, 1)
+        for a, r in zip(self.artist_of[tracks], residuals, strict=True):
+            s, n = prof.artist_res.get(int(a), (0.0, 0))
+            prof.artist_res[int(a)] = (s + float(r), n + 1)
+
+    def listener_layer(self, user_id: str, tracks: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate: the listener's own reward offset (ridge estimate from the residuals of
+        its genre and artist) and its uncertainty (1 / sqrt(l2 + observations))."""
+        prof = self.profile(user_id)
+        g = self.catalogue.genre_idx[tracks]
+        n_g = prof.genre_res_n[g]
+        res = [prof.artist_res.get(int(a), (0.0, 0)) for a in self.artist_of[tracks]]
+        a_sum = np.array([r[0] for r in res]) if res else np.zeros(0)
+        a_n = np.array([r[1] for r in res], dtype=float) if res else np.zeros(0)
+        offset = prof.genre_res[g] / (n_g + l2) + a_sum / (a_n + l2)
+        spread = 1.0 / np.sqrt(n_g + l2)
+        return offset, spread
 
     # --- scoring ----------------------------------------------------------------------------
     def content_scores(self, prof: ListenerProfile, ctx: ListeningContext) -> np.ndarray:
@@ -194,6 +231,24 @@ class CandidateGenerator:
         sim[played] = 0.0
         return sim[self.artist_of], np.asarray(liked)[best][self.artist_of]
 
+    def familiar_scores(self, prof: ListenerProfile) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed completion rate of each track's artist for this listener; 0 for unplayed artists."""
+        n_art = len(self.artists)
+        rate = np.zeros(n_art)
+        for a, shown in prof.artist_shown.items():
+            rate[a] = (prof.artist_pos.get(a, 0.0) + 0.5) / (shown + 1.0)
+        return rate[self.artist_of], self.artist_of.copy()
+
+    def track_history(self, prof: ListenerProfile) -> np.ndarray:
+        """Smoothed completion rate of every track the listener has played; -inf for the others."""
+        out = np.full(len(self.catalogue), -np.inf)
+        if prof.track_shown:
+            idx = np.fromiter(prof.track_shown.keys(), dtype=np.int64, count=len(prof.track_shown))
+            shown = np.fromiter(prof.track_shown.values(), dtype=float, count=len(idx))
+            pos = np.array([prof.track_pos.get(int(i), 0.0) for i in idx])
+            out[idx] = (pos + 0.5) / (shown + 1.0)
+        return out
+
     def generate(self, user_id: str, ctx: ListeningContext, rng: np.random.Generator,
                  exclude: np.ndarray | None = None) -> Candidates:
         prof = self.profile(user_id)
@@ -205,9 +260,13 @@ class CandidateGenerator:
         content = self.content_scores(prof, ctx)
         co, co_anchor = self.co_scores(prof)
         art, art_anchor = self.artist_scores(prof)
+        fam, fam_anchor = self.familiar_scores(prof)
+        again = self.track_history(prof)
         gems = np.where(self.gem, content, -np.inf)
         ranked = {
             "popularity": pop, "co-listen": np.where(co > 0, co, -np.inf), "content": content,
+            "familiar": np.where(fam > 0.5, fam + 0.1 * content, -np.inf),
+            "again": np.where(again > 0.5, again, -np.inf),
             "artist": np.where(art > 0, art + 0.1 * content, -np.inf), "gems": gems,
             "explore": rng.random(n),
         }
@@ -232,10 +291,11 @@ class CandidateGenerator:
         idx = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
         source = np.concatenate(src) if src else np.empty(0, dtype=np.int64)
         anchor = np.full(len(idx), -1)
-        is_co, is_art = source == SOURCES.index("co-listen"), source == SOURCES.index("artist")
-        anchor[is_co] = co_anchor[idx[is_co]]
-        anchor[is_art] = art_anchor[idx[is_art]]
-        finite = {"popularity": pop, "co-listen": co, "content": content, "artist": art}
+        for name, rows in (("co-listen", co_anchor), ("artist", art_anchor), ("familiar", fam_anchor)):
+            hit = source == SOURCES.index(name)
+            anchor[hit] = rows[idx[hit]]
+        finite = {"popularity": pop, "co-listen": co, "content": content, "artist": art,
+                  "again": np.where(np.isfinite(again), again, 0.0), "known": np.isfinite(again).astype(float)}
         return Candidates(idx, source, anchor, {k: v[idx] for k, v in finite.items()})
 
     def snapshot(self) -> bytes:

@@ -25,7 +25,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     + FEATURES
     + tuple(f"{f}^2" for f in FEATURES)
     + tuple(f"{a}*{f}" for a in ACTIVITIES for f in FEATURES)
-    + ("log_popularity", "context_popularity", "genre_affinity", "artist_affinity", "taste_distance",
+    + ("log_popularity", "context_popularity", "genre_affinity", "artist_affinity", "taste_distance", "genre_unexplored", "genre_residual", "artist_residual", "track_rate", "track_known",
        "co_listen", "artist_neighbour")
     + tuple(f"source={s}" for s in SOURCES)
 )
@@ -57,10 +57,17 @@ def build_features(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listenin
     n_all = prof.taste_n.sum()
     overall = prof.taste_sum.sum(axis=0) / n_all if n_all else gen.mean_sound
     X[:, col + 4] = ((f - prof.taste(act, overall)) ** 2).sum(axis=1)
-    X[:, col + 5] = cands.scores["co-listen"]
-    X[:, col + 6] = cands.scores["artist"]
-    X[np.arange(n), col + 7 + cands.source] = 1.0
+    X[:, col + 5] = 1.0 / np.sqrt(1.0 + prof.genre_shown[cat.genre_idx[idx]])
+    g = cat.genre_idx[idx]
+    X[:, col + 6] = prof.genre_res[g] / (prof.genre_res_n[g] + 1.0)
+    res = [prof.artist_res.get(int(a), (0.0, 0)) for a in arts]
+    X[:, col + 7] = np.array([s / (m + 1.0) for s, m in res]) if res else 0.0
+    X[:, col + 8] = cands.scores["again"]
+    X[:, col + 9] = cands.scores["known"]
+    X[:, col + 10] = cands.scores["co-listen"]
+    X[:, col + 11] = cands.scores["artist"]
+    X[np.arange(n), col + 12 + cands.source] = 1.0
     return X
 
 
-assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 7 + len(SOURCES)
+assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 12 + len(SOURCES)

@@ -105,7 +105,10 @@ class LinearBandit:
         self.A_inv = np.linalg.inv(A)
         self.b = self.b + db
 
-    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
+    def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
+                spread: np.ndarray | None = None) -> Chooser:
+        """``offset`` adds a per-candidate term to the score (a listener layer's estimate) and
+        ``spread`` its uncertainty, which each policy treats as it treats its own."""
         raise NotImplementedError
 
     def rank(self, X: np.ndarray, k: int, rng: np.random.Generator,
@@ -128,18 +131,21 @@ class LinearBandit:
 class LinUCB(LinearBandit):
     policy_id = "linucb"
 
-    def __init__(self, n_features: int, *, alpha: float = 1.0, l2: float = 1.0) -> None:
+    def __init__(self, n_features: int, *, alpha: float = 0.3, l2: float = 1.0) -> None:
         super().__init__(n_features, l2=l2)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = alpha
 
     def scores(self, X: np.ndarray) -> np.ndarray:
-        bonus = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X, self.A_inv, X), 0.0))
+        bonus = np.sqrt(np.maximum(((X @ self.A_inv) * X).sum(axis=1), 0.0))
         return X @ self.theta + self.alpha * bonus
 
-    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
+    def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
+                spread: np.ndarray | None = None) -> Chooser:
         scores = self.scores(self._check(X))
+        if offset is not None:
+            scores = scores + offset + self.alpha * (spread if spread is not None else 0.0)
 
         def choose(allowed: np.ndarray) -> tuple[int, float, float]:
             i = _argmax(scores, allowed)
@@ -166,9 +172,13 @@ class LinTS(LinearBandit):
         L = np.linalg.cholesky(cov + 1e-10 * np.eye(self.d))
         return self.theta + rng.standard_normal((n, self.d)) @ L.T
 
-    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
+    def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
+                spread: np.ndarray | None = None) -> Chooser:
         X = self._check(X)
         all_scores = X @ self._draw(rng, 1 + self.propensity_draws).T  # (n, draws)
+        if offset is not None:
+            noise = rng.standard_normal(all_scores.shape) * (self.v * spread[:, None] if spread is not None else 0.0)
+            all_scores += offset[:, None] + noise
         played, extra = all_scores[:, 0], all_scores[:, 1:]
 
         def choose(allowed: np.ndarray) -> tuple[int, float, float]:
@@ -189,8 +199,11 @@ class EpsilonGreedyLinear(LinearBandit):
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = epsilon
 
-    def chooser(self, X: np.ndarray, rng: np.random.Generator) -> Chooser:
+    def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
+                spread: np.ndarray | None = None) -> Chooser:
         scores = self._check(X) @ self.theta
+        if offset is not None:
+            scores = scores + offset
 
         def choose(allowed: np.ndarray) -> tuple[int, float, float]:
             best = _argmax(scores, allowed)

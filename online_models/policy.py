@@ -119,12 +119,13 @@ class HybridPolicy:
     """Candidates from every generator -> features -> a ranker (bandit or DQN) -> slate rules."""
 
     def __init__(self, catalogue: Catalogue, ranker: LinearBandit | SessionDQN, *,
-                 rules: SlateRules | None = None, n_candidates: int = 200) -> None:
+                 rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True) -> None:
         self.catalogue = catalogue
         self.ranker = ranker
         self.rules = rules or SlateRules()
         self.gen = CandidateGenerator(catalogue, n_candidates=n_candidates)
         self.sessions = _Sessions()
+        self.listener_layer = listener_layer
         self.policy_id = ranker.policy_id
         self.policy_version = ranker.policy_version
 
@@ -133,10 +134,11 @@ class HybridPolicy:
         cands = self.gen.generate(user_id, ctx, rng, exclude)
         X = build_features(self.gen, self.gen.profile(user_id), ctx, cands)
         state = self.sessions.get(session_id, ctx)
+        offset, spread = self.gen.listener_layer(user_id, cands.idx) if self.listener_layer else (None, None)
         if isinstance(self.ranker, SessionDQN):
-            choose = self.ranker.chooser(X, rng, SessionState(**vars(state)))
+            choose = self.ranker.chooser(X, rng, SessionState(**vars(state)), offset)
         else:
-            choose = self.ranker.chooser(X, rng)
+            choose = self.ranker.chooser(X, rng, offset, spread)
         order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
                                     _DISCOVERY[cands.source])
         state.slates += 1
@@ -145,7 +147,7 @@ class HybridPolicy:
                       self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx))
             for i, p, s in zip(order, props, scores, strict=True)
         )
-        payload = (X[order].astype(np.float32), SessionState(**vars(state)))
+        payload = (X[order].astype(np.float32), SessionState(**vars(state)), user_id, cands.idx[order])
         return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version), payload)
 
     def explain(self, track: int, source: int, anchor: int, ctx: ListeningContext) -> str:
@@ -154,6 +156,10 @@ class HybridPolicy:
             return f"because you liked {self.catalogue.track_ids[anchor]}"
         if name == "artist" and anchor >= 0:
             return f"new artist close to {self.gen.artists[anchor]}"
+        if name == "familiar" and anchor >= 0:
+            return f"more from {self.gen.artists[anchor]}, whom you keep playing"
+        if name == "again":
+            return "you finished it before; back for another listen"
         if name == "gems":
             return f"a hidden {self.catalogue.genre_of(track)} gem close to your taste"
         if name == "content":
@@ -171,12 +177,20 @@ class HybridPolicy:
 
     def learn(self, payload: Any, rewards: tuple[float | None, ...]) -> int:
         """Learn from one closed slate: rows the listener reached, with their rewards."""
-        X, state = payload
-        if isinstance(self.ranker, SessionDQN):
-            return self.ranker.learn(state, X, list(rewards))
+        X, state, user_id, tracks = payload
         seen = [i for i, r in enumerate(rewards) if r is not None]
-        if seen:
-            self.ranker.update(X[seen], np.array([rewards[i] for i in seen]))
+        if not seen:
+            return 0
+        r = np.array([rewards[i] for i in seen])
+        offset = self.gen.listener_layer(user_id, tracks[seen])[0] if self.listener_layer else 0.0
+        if isinstance(self.ranker, SessionDQN):
+            predicted = self.ranker.q_values(state, X[seen])
+            self.ranker.learn(state, X, list(rewards))
+        else:
+            predicted = X[seen] @ self.ranker.theta
+            self.ranker.update(X[seen], r - offset)
+        if self.listener_layer:
+            self.gen.learn_residuals(user_id, tracks[seen], r - predicted - offset)
         return len(seen)
 
     def snapshot(self) -> bytes:

@@ -153,8 +153,10 @@ class SessionDQN:
         with self.lock, torch.no_grad():
             return self.q(torch.from_numpy(state.vector()), torch.from_numpy(X)).numpy().astype(float)
 
-    def chooser(self, X: np.ndarray, rng: np.random.Generator, state: SessionState | None = None) -> Chooser:
-        return softmax_chooser(self.q_values(state or SessionState(), X), self.temperature, rng)
+    def chooser(self, X: np.ndarray, rng: np.random.Generator, state: SessionState | None = None,
+                offset: np.ndarray | None = None) -> Chooser:
+        q = self.q_values(state or SessionState(), X)
+        return softmax_chooser(q if offset is None else q + offset, self.temperature, rng)
 
     def learn(self, state: SessionState, X_shown: np.ndarray, rewards: list[float | None]) -> int:
         """Add the transitions of one closed slate; returns how many were added."""
@@ -193,7 +195,7 @@ class SessionDQN:
             self.steps += 1
             if self.steps % self.target_every == 0:
                 self.target.load_state_dict(self.q.state_dict())
-            self.last_loss = float(loss)
+            self.last_loss = float(loss.detach())
         return self.last_loss
 
     def snapshot(self) -> bytes:
