@@ -1,28 +1,35 @@
-"""Step ``recommend``: learn from feedback, answer each rec_request with a slate.
+"""Step ``recommend``: answer each rec_request with a slate, learn from every feedback event,
+and hand decisions and feedback to the reward join.
 
-Pure apart from the model state it owns (per worker, fed by this worker's partitions).
-Idempotent by event_id: an event seen before (redelivery after a crash, a duplicate send)
-neither updates the model twice nor yields a second slate. The slate for a request is a
-function of the request and the model state: its rec_id is derived from the request's
-event_id and its random draw is seeded by it, so consumers can de-duplicate by rec_id.
+Pure apart from the state it owns (per worker, fed by this worker's partitions, shared with
+other workers through model deltas). Idempotent by event_id: an event seen before (redelivery
+after a crash, a duplicate send) neither updates the model twice nor yields a second slate.
+The slate for a request is a function of the request and the model state: its rec_id is derived
+from the policy and the request's event_id and its random draw is seeded by the event_id, so
+consumers can de-duplicate by rec_id and a replay reproduces the same decisions.
 """
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
-from online_models.popularity import ContextPopularity
-from schemas.events import Interaction, Kind, Recommendation, SlateItem
+from online_models.policy import Decided, HybridPolicy, RandomPolicy
+from online_models.reward import Closed, Decision, Feedback, RewardJoin
+from schemas.events import Interaction, Kind, Recommendation, RewardItem, RewardRecord, SlateItem
 
 STEP = "recommend"
 REC_NAMESPACE = uuid.UUID("5f0c1c34-7b0e-4d53-9b0f-2f1f7e6c9a10")
 RECENT_PER_USER = 50
+Policy = RandomPolicy | HybridPolicy
 
 
 class RecentIds:
@@ -55,19 +62,31 @@ def listening_context(event: Interaction) -> ListeningContext:
     return ListeningContext(str(ctx.activity), hour, weekday, str(ctx.device))
 
 
+@dataclass
+class Learned:
+    """What one batch (or tick) taught the policy."""
+
+    records: list[RewardRecord] = field(default_factory=list)
+    items: int = 0
+
+
 class Recommender:
-    def __init__(self, catalogue: Catalogue, policy: ContextPopularity, *, slate_size: int,
-                 dedupe_window: int, seed: int = 0) -> None:
+    def __init__(self, catalogue: Catalogue, policy: Policy, *, slate_size: int, dedupe_window: int,
+                 join: RewardJoin | None = None, seed: int = 0) -> None:
         self.catalogue = catalogue
         self.policy = policy
+        self.join = join or RewardJoin()
         self.slate_size = slate_size
         self.seed = seed
         self.seen = RecentIds(dedupe_window)
         self.recent: dict[str, deque[int]] = {}
         self.duplicates = 0
         self.unknown_tracks = 0
+        self.decisions: OrderedDict[uuid.UUID, Recommendation] = OrderedDict()  # open ones, for RewardRecords
 
+    # --- the step --------------------------------------------------------------------------
     def process(self, events: list[Interaction], now: datetime) -> list[Recommendation]:
+        """Answer requests and learn from feedback, in order. Returns the new slates."""
         slates = []
         for event in events:
             if not self.seen.add(event.event_id):
@@ -76,10 +95,10 @@ class Recommender:
             if event.kind == Kind.REC_REQUEST:
                 slates.append(self.answer(event, now))
             else:
-                self.learn(event)
+                self.observe(event)
         return slates
 
-    def learn(self, event: Interaction) -> None:
+    def observe(self, event: Interaction) -> None:
         idx = self.catalogue.index.get(event.track_id or "")
         if idx is None:
             if event.track_id is not None:
@@ -89,22 +108,65 @@ class Recommender:
             recent = self.recent.setdefault(event.user_id, deque(maxlen=RECENT_PER_USER))
             if not recent or recent[-1] != idx:
                 recent.append(idx)
-        self.policy.learn(str(event.kind), idx, listening_context(event), event.rating)
+        self.policy.observe(event.user_id, event.session_id, str(event.kind), idx, listening_context(event),
+                            event.rating)
+        if event.rec_id is not None:
+            self.join.feedback(Feedback(event.event_id, event.rec_id, event.track_id or "", str(event.kind),
+                                        event.occurred_at, event.listened_ms, event.position))
 
     def answer(self, request: Interaction, now: datetime) -> Recommendation:
         ctx = listening_context(request)
         rng = np.random.default_rng([self.seed, request.event_id.int >> 64, request.event_id.int & (2**64 - 1)])
         recent = self.recent.get(request.user_id)
         exclude = np.fromiter(recent, dtype=np.int64) if recent else None
-        slate = self.policy.recommend(ctx, request.slate_size or self.slate_size, rng, exclude)
+        decided: Decided = self.policy.recommend(request.user_id, request.session_id, ctx,
+                                                 request.slate_size or self.slate_size, rng, exclude)
+        slate = decided.slate
         items = [
             SlateItem(track_id=self.catalogue.track_ids[p.track_idx], position=pos, score=p.score,
                       propensity=p.propensity, source=p.source, explanation=p.explanation)
             for pos, p in enumerate(slate.picks)
         ]
-        return Recommendation(
+        rec = Recommendation(
             rec_id=uuid.uuid5(REC_NAMESPACE, f"{slate.policy_id}:{request.event_id}"),
             request_id=request.event_id, user_id=request.user_id, session_id=request.session_id,
             items=items, slate_propensity=slate.slate_propensity, policy_id=slate.policy_id,
             policy_version=slate.policy_version, context=request.context, created_at=now,
         )
+        # event time of the request: the join's windows run on event time, not on this clock
+        self.join.decide(Decision(rec.rec_id, rec.user_id, request.occurred_at,
+                                  tuple(i.track_id for i in items), rec.policy_id, decided.payload))
+        self.decisions[rec.rec_id] = rec
+        return rec
+
+    # --- rewards ---------------------------------------------------------------------------
+    def close(self, now: datetime, *, all_open: bool = False) -> Learned:
+        """Close the decisions whose window has passed (event time), learn from their rewards."""
+        out = Learned()
+        for closed in self.join.close_due(all_open=all_open):
+            out.items += self.policy.learn(closed.decision.payload, closed.rewards)
+            rec = self.decisions.pop(closed.decision.rec_id, None)
+            if rec is not None:
+                out.records.append(reward_record(rec, closed, now))
+        return out
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        return pickle.dumps({"policy": self.policy.snapshot(), "join": self.join.snapshot(), "seen": self.seen,
+                             "recent": self.recent, "decisions": self.decisions})
+
+    def restore(self, blob: bytes) -> None:
+        state: dict[str, Any] = pickle.loads(blob)
+        self.policy.restore(state["policy"])
+        self.join.restore(state["join"])
+        self.seen, self.recent, self.decisions = state["seen"], state["recent"], state["decisions"]
+
+
+def reward_record(rec: Recommendation, closed: Closed, now: datetime) -> RewardRecord:
+    return RewardRecord(
+        rec_id=rec.rec_id, user_id=rec.user_id, session_id=rec.session_id, policy_id=rec.policy_id,
+        policy_version=rec.policy_version, context=rec.context, decided_at=rec.created_at, closed_at=now,
+        feedback_events=closed.decision.n_feedback,
+        items=[RewardItem(track_id=i.track_id, position=i.position, propensity=i.propensity, source=i.source,
+                          reward=r) for i, r in zip(rec.items, closed.rewards, strict=True)],
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +24,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from agents.gamify import Rules, effect_for
 from agents.http_api import register_api
 from agents.ingest import RawRecord, dead_letter, ingest
+from agents.learn import (
+    DeltaMerger,
+    DeltaReader,
+    ModelDelta,
+    Snapshot,
+    SnapshotStore,
+    committed_offsets,
+    replay,
+)
 from agents.logs import logging_config
-from agents.recommend import Recommender
+from agents.recommend import Learned, Recommender
 from online_models.catalogue import Catalogue
-from online_models.popularity import ContextPopularity
+from online_models.linear import LinearBandit
+from online_models.policy import HybridPolicy, make_policy
+from online_models.reward import RewardJoin, RewardMapping
+from online_models.rl import SessionDQN
+from online_models.slate import SlateRules
 from schemas.events import GamificationEvent, Kind
 from schemas.wire import SchemaCatalogue, Serde
 from sinks.clickhouse import AnalyticsSink, ClickHouseStore, offsets_token
@@ -35,7 +49,7 @@ from sinks.slate_cache import SlateCache
 from streams.app import create_app
 from streams.settings import Settings, load_settings
 from streams.simulator import synthetic_catalogue
-from streams.topics import DLQ, EVENTS, GAMIFICATION, RECOMMENDATIONS
+from streams.topics import DLQ, EVENTS, GAMIFICATION, MODELS, RECOMMENDATIONS, REWARDS
 
 log = logging.getLogger("encore.worker")
 
@@ -88,6 +102,17 @@ class Metrics:
                          ["partition"], registry=registry)
         self.batch_seconds = Histogram("encore_batch_seconds", "Time to process and deliver one batch",
                                        registry=registry)
+        self.rewards = Counter("encore_reward_items_total", "Slate items learned from, by policy and reward sign",
+                               ["policy", "sign"], registry=registry)
+        self.reward_sum = Counter("encore_reward_sum_total", "Sum of joined rewards, by policy", ["policy"],
+                                  registry=registry)
+        self.join = Gauge("encore_reward_join", "Reward join counters (decisions, feedback, duplicates, late, "
+                          "early, orphaned, closed) and open decisions", ["what"], registry=registry)
+        self.deltas = Counter("encore_model_deltas_total", "Model deltas published to / merged from other workers",
+                              ["direction"], registry=registry)
+        self.snapshot_seconds = Histogram("encore_model_snapshot_seconds", "Time to write a model snapshot",
+                                          registry=registry)
+        self.rl_loss = Gauge("encore_rl_td_loss", "Session DQN's last TD loss", registry=registry)
 
 
 async def until_done(step: str, metrics: Metrics, records: list[RawRecord], fn: Any, *args: Any) -> Any:
@@ -117,10 +142,19 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     metrics = Metrics(registry)
     serde = Serde(SchemaCatalogue(settings.schema_registry_url))
     catalogue = load_catalogue(settings.catalogue)
-    recommender = Recommender(
-        catalogue, ContextPopularity(catalogue, temperature=settings.popularity_temperature),
-        slate_size=settings.slate_size, dedupe_window=settings.dedupe_window,
-    )
+    rules = SlateRules(artist_cap=settings.artist_cap, discovery_share=settings.discovery_share)
+    params = {"temperature": settings.popularity_temperature} if settings.policy == "popularity" else {}
+    policy = make_policy(settings.policy, catalogue, rules=rules, n_candidates=settings.n_candidates, **params)
+    join = RewardJoin(RewardMapping.from_toml(settings.rewards_file), window_s=settings.reward_window_s)
+    recommender = Recommender(catalogue, policy, slate_size=settings.slate_size,
+                              dedupe_window=settings.dedupe_window, join=join)
+    ranker = policy.ranker if isinstance(policy, HybridPolicy) else None
+    worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
+    snapshots = SnapshotStore(settings.state_dir / "models", f"{settings.app_id}-{settings.policy}")
+    merger = DeltaMerger(worker_id)
+    learning = {"events_offsets": {}, "seq": 0, "last_snapshot": time.monotonic(), "last_batch": time.monotonic(),
+                "reader": None, "trained_at": 0}
+    restore_and_replay(settings, recommender, serde, snapshots, merger, learning)
     redis_client = redis.Redis.from_url(settings.redis_url)
     slate_cache = SlateCache(redis_client, prefix=settings.redis_prefix)
     store = None
@@ -133,12 +167,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         for name in clickhouse.migrate():
             log.info("clickhouse migration applied: %s", name)
         analytics = AnalyticsSink(clickhouse, catalogue)
-        snapshots = AnalyticsSink(clickhouse)  # its own buffer: the timer runs beside the agent
+        board_snapshots = AnalyticsSink(clickhouse)  # its own buffer: the timer runs beside the agent
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic(EVENTS.name), partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic(DLQ.name), partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic(RECOMMENDATIONS.name), partitions=settings.partitions, **raw)
     game_topic = app.topic(settings.topic(GAMIFICATION.name), partitions=settings.partitions, **raw)
+    rewards_topic = app.topic(settings.topic(REWARDS.name), partitions=settings.partitions, **raw)
+    models_topic = app.topic(settings.topic(MODELS.name), partitions=1, **raw)
     state = {"batches": 0, "duplicates": 0}
 
     @app.agent(events_topic, name="ingest")
@@ -154,11 +190,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                             max_events=settings.max_batch_events, now=now)
             try:
                 slates = recommender.process(result.events, now)
+                learned = recommender.close(now)  # step reward-join: decisions whose window passed
             except Exception as exc:  # a bug must not stop the stream: park the batch, say why
                 log.exception("recommend step failed; batch parked in the DLQ",
                               extra={"step": "recommend", "partition": records[0].partition,
                                      "offset": records[0].offset, "last_offset": records[-1].offset})
-                slates = []
+                slates, learned = [], Learned()
                 result.dead.extend(
                     dead_letter(r, "recommend", "processing_error", f"{type(exc).__name__}: {exc}",
                                 r.value or b"", now) for r in records
@@ -192,6 +229,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             for slate in slates:
                 pending.append(await recs_topic.send(key=slate.user_id.encode(), value=serde.encode(slate)))
                 metrics.slates.labels(slate.policy_id).inc()
+            pending.extend(await publish_rewards(learned))
             await asyncio.to_thread(slate_cache.put_many, slates)
             await asyncio.gather(*pending)  # delivered before this batch's offsets are acked
             if slates:  # latency: from the request's record reaching the broker to delivery
@@ -215,6 +253,71 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             metrics.batch.observe(len(records))
             metrics.batch_seconds.observe(time.perf_counter() - started)
             state["batches"] += 1
+            for r in records:
+                learning["events_offsets"][r.partition] = max(learning["events_offsets"].get(r.partition, 0),
+                                                              r.offset + 1)
+            learning["last_batch"] = time.monotonic()
+
+    async def publish_rewards(learned: Learned) -> list[Any]:
+        pending = []
+        for rec in learned.records:
+            pending.append(await rewards_topic.send(key=rec.user_id.encode(), value=serde.encode(rec)))
+            for item in rec.items:
+                if item.reward is not None:
+                    metrics.rewards.labels(rec.policy_id, "+" if item.reward > 0 else "-" if item.reward < 0
+                                           else "0").inc()
+                    metrics.reward_sum.labels(rec.policy_id).inc(item.reward)
+        for what, value in vars(recommender.join.stats).items():
+            metrics.join.labels(what).set(value)
+        metrics.join.labels("open").set(len(recommender.join.open))
+        return pending
+
+    @app.timer(1.0)
+    async def reward_windows() -> None:
+        """Close every open decision once the stream has been idle for a whole window (event time
+        stops when events stop), and train the session DQN off the stream."""
+        if time.monotonic() - learning["last_batch"] >= settings.reward_window_s and recommender.join.open:
+            await asyncio.gather(*await publish_rewards(recommender.close(datetime.now(UTC), all_open=True)))
+        if isinstance(ranker, SessionDQN) and settings.rl_train_steps and ranker.n_updates > learning["trained_at"]:
+            learning["trained_at"] = ranker.n_updates
+            loss = await asyncio.to_thread(ranker.train, settings.rl_train_steps)
+            if loss == loss:
+                metrics.rl_loss.set(loss)
+
+    @app.task
+    async def start_model_sync() -> None:
+        if isinstance(ranker, LinearBandit):
+            learning["reader"] = await asyncio.to_thread(
+                DeltaReader, settings, models_topic.get_topic_name(), worker_id, dict(merger.offsets))
+            learning["reader"].start()
+
+    @app.timer(settings.model_sync_interval_s)
+    async def sync_models() -> None:
+        """Publish this worker's delta, merge the others', and snapshot right after a publish."""
+        if isinstance(ranker, LinearBandit):
+            dA, db = ranker.delta()
+            if dA.any() or db.any():
+                learning["seq"] += 1
+                delta = ModelDelta(worker_id, learning["seq"], ranker.policy_id, dA, db)
+                await (await models_topic.send(key=worker_id.encode(), value=delta.encode()))
+                metrics.deltas.labels("published").inc()
+            if learning["reader"] is not None:
+                metrics.deltas.labels("merged").inc(merger.merge(ranker, learning["reader"]))
+        if time.monotonic() - learning["last_snapshot"] >= settings.model_snapshot_interval_s:
+            take_snapshot()
+
+    def take_snapshot() -> None:
+        started = time.perf_counter()
+        snapshots.save(Snapshot(recommender.snapshot(), dict(learning["events_offsets"]), dict(merger.offsets),
+                                dict(merger.last_seq), learning["seq"], time.time()))
+        learning["last_snapshot"] = time.monotonic()
+        metrics.snapshot_seconds.observe(time.perf_counter() - started)
+
+    @app.on_before_shutdown.connect
+    def _final_snapshot(app: faust.App, **kwargs: Any) -> None:
+        take_snapshot()
+        if learning["reader"] is not None:
+            learning["reader"].close()
 
     if analytics is not None and store is not None:
 
@@ -222,8 +325,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         async def snapshot_leaderboard() -> None:
             taken = datetime.now(UTC)
             top = await asyncio.to_thread(store.top, "global", 20)
-            snapshots.add_snapshot("global", top, taken)
-            await asyncio.to_thread(snapshots.flush, f"snapshot:{taken:%Y%m%d%H%M%S}")
+            board_snapshots.add_snapshot("global", top, taken)
+            await asyncio.to_thread(board_snapshots.flush, f"snapshot:{taken:%Y%m%d%H%M%S}")
 
     if analytics is not None:
         from dashboard.web import register_dashboard
@@ -251,6 +354,22 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 metrics.lag.labels(str(tp.partition)).set(max(0, high - position))
 
     return app
+
+
+def restore_and_replay(settings: Settings, recommender: Recommender, serde: Serde, snapshots: SnapshotStore,
+                       merger: DeltaMerger, learning: dict[str, Any]) -> None:
+    """Restore the last snapshot, then replay the events it does not cover (see agents.learn)."""
+    snap = snapshots.load()
+    if snap is None:
+        return
+    recommender.restore(snap.recommender)
+    merger.offsets, merger.last_seq = dict(snap.models_offsets), dict(snap.merger_seq)
+    learning["seq"], learning["events_offsets"] = snap.publish_seq, dict(snap.events_offsets)
+    topic = settings.topic(EVENTS.name)
+    stop = committed_offsets(settings, topic, sorted(snap.events_offsets))
+    n = replay(settings, topic, recommender, serde, snap.events_offsets, stop)
+    log.info("model snapshot restored (%s) and %d records replayed up to the committed offsets %s",
+             snapshots.path, n, stop)
 
 
 def main() -> None:

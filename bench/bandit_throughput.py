@@ -113,7 +113,7 @@ def river_linucb(k: int) -> tuple[Callable, Callable]:
 def vw_cb(k: int, d: int) -> tuple[Callable, Callable]:
     from vowpalwabbit import Workspace
 
-    vw = Workspace(f"--cb_explore_adf --softmax --lambda 10 --quiet --random_seed 0 -b 18")
+    vw = Workspace("--cb_explore_adf --softmax --lambda 10 --quiet --random_seed 0 -b 18")
     last: dict[str, object] = {}
 
     def feats(x: np.ndarray) -> str:

@@ -30,10 +30,12 @@ Pure: no clock, no I/O; time comes in as arguments.
 from __future__ import annotations
 
 import pickle
+import tomllib
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 EARLY_SKIP_MS = 30_000
@@ -59,6 +61,14 @@ class RewardMapping:
             raise ValueError(f"clip_low {self.clip_low} > clip_high {self.clip_high}")
         if self.early_skip_ms < 0:
             raise ValueError("early_skip_ms must be >= 0")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> RewardMapping:
+        if not path.exists():
+            raise FileNotFoundError(f"reward mapping {path} not found; set ENCORE_REWARDS_FILE to a TOML file "
+                                    "(see deploy/config/rewards.toml)")
+        with path.open("rb") as f:
+            return cls.from_dict(tomllib.load(f))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RewardMapping:
@@ -94,6 +104,7 @@ class Decision:
     payload: Any = None
     totals: dict[int, float] = field(default_factory=dict)  # position -> summed reward
     deepest: int = -1
+    n_feedback: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,7 @@ class RewardJoin:
         self.stats.feedback += 1
         decision.totals[pos] = decision.totals.get(pos, 0.0) + float(self.mapping.of(fb.kind, fb.listened_ms) or 0.0)
         decision.deepest = max(decision.deepest, pos)
+        decision.n_feedback += 1
         return True
 
     def close_due(self, now: datetime | None = None, *, all_open: bool = False) -> list[Closed]:

@@ -248,6 +248,35 @@ class Recommendation(_Model):
         return _utc(value)
 
 
+class RewardItem(_Model):
+    track_id: str
+    position: int = Field(ge=0)
+    propensity: float = Field(ge=0, le=1)
+    source: str
+    reward: float | None = Field(description="joined reward; null when the listener never reached it")
+
+
+class RewardRecord(_Model):
+    """A decision with its rewards, once its window closed: logged bandit feedback, enough to
+    evaluate any other policy off-line (``python -m online_models.evaluate bandit-feedback``)."""
+
+    rec_id: UUID
+    user_id: str
+    session_id: str
+    policy_id: str
+    policy_version: str
+    items: list[RewardItem]
+    feedback_events: int = Field(ge=0, description="feedback events joined to this decision")
+    context: Context = Field(default_factory=Context)
+    decided_at: datetime
+    closed_at: datetime
+
+    @field_validator("decided_at", "closed_at")
+    @classmethod
+    def _times_utc(cls, value: datetime) -> datetime:
+        return _utc(value)
+
+
 class GamificationEvent(_Model):
     event_id: UUID = Field(description="the interaction that caused it")
     user_id: str
@@ -290,5 +319,5 @@ class DeadLetter(_Model):
 #: every record type that goes on the wire, by Avro full name
 RECORDS: dict[str, type[BaseModel]] = {
     f"{NAMESPACE}.{cls.__name__}": cls
-    for cls in (Interaction, EventBatch, Recommendation, GamificationEvent, DeadLetter)
+    for cls in (Interaction, EventBatch, Recommendation, GamificationEvent, DeadLetter, RewardRecord)
 }

@@ -52,7 +52,17 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="structured JSON logs from the worker")
 
     # --- recommender -------------------------------------------------------------------
-    policy: str = "popularity"
+    policy: Literal["random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn"] = Field(
+        "linucb", description="serving policy (online_models.policy.POLICIES)")
+    n_candidates: int = Field(200, ge=10, le=5000, description="candidates re-ranked per slate")
+    artist_cap: int = Field(2, ge=1, description="max tracks by one artist in a slate")
+    discovery_share: float = Field(0.2, ge=0, le=1, description="share of slate positions kept for discovery")
+    rewards_file: Path = ROOT / "deploy" / "config" / "rewards.toml"
+    reward_window_s: float = Field(120.0, gt=0, description="feedback joined to a decision within this")
+    model_sync_interval_s: float = Field(5.0, gt=0, description="publish / merge model deltas this often")
+    model_snapshot_interval_s: float = Field(30.0, gt=0, description="write a model snapshot this often")
+    rl_train_steps: int = Field(10, ge=0, description="DQN gradient steps per second, off the stream")
+    worker_id: str | None = Field(None, description="unique per worker; default host:port")
     slate_size: int = Field(10, ge=1, le=100)
     catalogue: str = Field("synthetic:7:2000", description="'synthetic:SEED:N' or a JSONL path")
     popularity_temperature: float = Field(1.0, gt=0)

@@ -40,12 +40,16 @@ GAMIFICATION = TopicSpec(
     "encore.gamification", "user_id", "GamificationEvent", 7 * DAY_MS,
     doc="karma changes, unlocks and rank changes for apps",
 )
+REWARDS = TopicSpec(
+    "encore.rewards", "user_id", "RewardRecord", 30 * DAY_MS,
+    doc="every decision with its joined rewards and propensities (logged bandit feedback)",
+)
 MODELS = TopicSpec(
-    "encore.models", "policy id", "model deltas / snapshots", 7 * DAY_MS, compacted=True,
-    doc="learners' sufficient-statistics deltas shared between workers",
+    "encore.models", "worker id", "ModelDelta (npz bytes, see agents/learn.py)", 7 * DAY_MS, partitions=1,
+    doc="linear bandits' sufficient-statistics deltas, read by every worker",
 )
 
-CATALOGUE: tuple[TopicSpec, ...] = (EVENTS, DLQ, RECOMMENDATIONS, GAMIFICATION, MODELS)
+CATALOGUE: tuple[TopicSpec, ...] = (EVENTS, DLQ, RECOMMENDATIONS, GAMIFICATION, REWARDS, MODELS)
 
 
 def create_topics(settings: Settings, timeout: float = 15.0) -> dict[str, str]:

@@ -87,7 +87,7 @@ def test_closed_loop_every_request_gets_a_slate_and_bad_records_reach_the_dlq(wo
         assert len(rec.items) == 10 and len({i.track_id for i in rec.items}) == 10
         assert all(0 < i.propensity <= 1 for i in rec.items)
         assert rec.slate_propensity == pytest.approx(float(__import__("math").prod(i.propensity for i in rec.items)))
-        assert [i.position for i in rec.items] == list(range(10)) and rec.policy_id == "popularity-ctx"
+        assert [i.position for i in rec.items] == list(range(10)) and rec.policy_id == settings.policy
 
     # every injected malformed record is in the DLQ with its reason; nothing else from the loop is
     sim_users = {listener.user_id for listener in world.listeners}

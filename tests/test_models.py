@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from agents.recommend import Recommender, listening_context
+from online_models.policy import POLICIES, make_policy
 from online_models.context import ListeningContext
 from online_models.popularity import ContextPopularity
 from online_models.slate import plackett_luce
@@ -91,12 +92,13 @@ def _event(kind: Kind, user: str = "u-1", **kw: object) -> Interaction:
                        context={"activity": "workout", "timezone": "Europe/Berlin"}, **kw)
 
 
-def _recommender() -> Recommender:
-    return Recommender(CAT, ContextPopularity(CAT), slate_size=10, dedupe_window=1000)
+def _recommender(policy: str = "linucb") -> Recommender:
+    return Recommender(CAT, make_policy(policy, CAT, n_candidates=60), slate_size=10, dedupe_window=1000)
 
 
-def test_recommend_step_answers_requests_and_is_idempotent_by_event_id() -> None:
-    rec = _recommender()
+@pytest.mark.parametrize("policy", POLICIES)
+def test_recommend_step_answers_requests_and_is_idempotent_by_event_id(policy: str) -> None:
+    rec = _recommender(policy)
     now = datetime.now(UTC)
     request = _event(Kind.REC_REQUEST)
     (slate,) = rec.process([request], now)
@@ -107,9 +109,9 @@ def test_recommend_step_answers_requests_and_is_idempotent_by_event_id() -> None
     # redelivery: no second slate, no second model update
     play = _event(Kind.PLAY_END, track_id=CAT.track_ids[5])
     rec.process([play], now)
-    counts = rec.policy.global_counts.copy()
+    state = rec.policy.snapshot()
     assert rec.process([request, play], now) == []
-    assert np.array_equal(rec.policy.global_counts, counts)
+    assert rec.policy.snapshot() == state
     assert rec.duplicates == 2
 
 
@@ -120,8 +122,9 @@ def test_same_request_same_state_gives_the_same_slate() -> None:
     assert a.rec_id == b.rec_id and [i.track_id for i in a.items] == [i.track_id for i in b.items]
 
 
-def test_recently_played_tracks_are_not_recommended_again() -> None:
-    rec = _recommender()
+@pytest.mark.parametrize("policy", POLICIES)
+def test_recently_played_tracks_are_not_recommended_again(policy: str) -> None:
+    rec = _recommender(policy)
     played = [CAT.track_ids[i] for i in np.argsort(-CAT.popularity)[:30]]
     now = datetime.now(UTC)
     rec.process([_event(Kind.PLAY_START, track_id=t) for t in played], now)
