@@ -95,10 +95,10 @@ class Recommender:
             if event.kind == Kind.REC_REQUEST:
                 slates.append(self.answer(event, now))
             else:
-                self.observe(event)
+                self.observe(event, now)
         return slates
 
-    def observe(self, event: Interaction) -> None:
+    def observe(self, event: Interaction, now: datetime) -> None:
         idx = self.catalogue.index.get(event.track_id or "")
         if idx is None:
             if event.track_id is not None:
@@ -111,8 +111,8 @@ class Recommender:
         self.policy.observe(event.user_id, event.session_id, str(event.kind), idx, listening_context(event),
                             event.rating)
         if event.rec_id is not None:
-            self.join.feedback(Feedback(event.event_id, event.rec_id, event.track_id or "", str(event.kind),
-                                        event.occurred_at, event.listened_ms, event.position))
+            self.join.feedback(Feedback(event.event_id, event.rec_id, event.user_id, event.track_id or "",
+                                        str(event.kind), event.occurred_at, event.listened_ms, event.position), now)
 
     def answer(self, request: Interaction, now: datetime) -> Recommendation:
         ctx = listening_context(request)
@@ -135,15 +135,15 @@ class Recommender:
         )
         # event time of the request: the join's windows run on event time, not on this clock
         self.join.decide(Decision(rec.rec_id, rec.user_id, request.occurred_at,
-                                  tuple(i.track_id for i in items), rec.policy_id, decided.payload))
+                                  tuple(i.track_id for i in items), rec.policy_id, decided.payload), now)
         self.decisions[rec.rec_id] = rec
         return rec
 
     # --- rewards ---------------------------------------------------------------------------
     def close(self, now: datetime, *, all_open: bool = False) -> Learned:
-        """Close the decisions whose window has passed (event time), learn from their rewards."""
+        """Close the decisions whose window has passed, learn from their rewards."""
         out = Learned()
-        for closed in self.join.close_due(all_open=all_open):
+        for closed in self.join.close_due(now, all_open=all_open):
             out.items += self.policy.learn(closed.decision.payload, closed.rewards)
             rec = self.decisions.pop(closed.decision.rec_id, None)
             if rec is not None:

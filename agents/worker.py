@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import numpy as np
 import redis
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -104,8 +106,9 @@ class Metrics:
                                        registry=registry)
         self.rewards = Counter("encore_reward_items_total", "Slate items learned from, by policy and reward sign",
                                ["policy", "sign"], registry=registry)
-        self.reward_sum = Counter("encore_reward_sum_total", "Sum of joined rewards, by policy", ["policy"],
-                                  registry=registry)
+        self.reward = Histogram("encore_reward", "Joined reward per slate item the listener reached, by policy "
+                                "(mean = _sum / _count)", ["policy"], registry=registry,
+                                buckets=(-1.0, -0.5, -0.1, 0.0, 0.5, 1.0, 1.5, 2.0))
         self.join = Gauge("encore_reward_join", "Reward join counters (decisions, feedback, duplicates, late, "
                           "early, orphaned, closed) and open decisions", ["what"], registry=registry)
         self.deltas = Counter("encore_model_deltas_total", "Model deltas published to / merged from other workers",
@@ -113,6 +116,10 @@ class Metrics:
         self.snapshot_seconds = Histogram("encore_model_snapshot_seconds", "Time to write a model snapshot",
                                           registry=registry)
         self.rl_loss = Gauge("encore_rl_td_loss", "Session DQN's last TD loss", registry=registry)
+        self.model_rows = Gauge("encore_model_rows", "Slate items the served model has learned from, its own and "
+                                "merged from other workers", ["policy"], registry=registry)
+        self.replayed = Counter("encore_replayed_records_total", "Event records replayed after a snapshot restore",
+                                registry=registry)
 
 
 async def until_done(step: str, metrics: Metrics, records: list[RawRecord], fn: Any, *args: Any) -> Any:
@@ -150,11 +157,19 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                               dedupe_window=settings.dedupe_window, join=join)
     ranker = policy.ranker if isinstance(policy, HybridPolicy) else None
     worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
-    snapshots = SnapshotStore(settings.state_dir / "models", f"{settings.app_id}-{settings.policy}")
+    snapshots = SnapshotStore(settings.state_dir / "models",
+                              re.sub(r"[^A-Za-z0-9_.-]", "_", f"{settings.app_id}-{settings.policy}-{worker_id}"))
     merger = DeltaMerger(worker_id)
     learning = {"events_offsets": {}, "seq": 0, "last_snapshot": time.monotonic(), "last_batch": time.monotonic(),
                 "reader": None, "trained_at": 0}
-    restore_and_replay(settings, recommender, serde, snapshots, merger, learning)
+    metrics.replayed.inc(restore_and_replay(settings, recommender, serde, snapshots, merger, learning))
+
+    def model_rows() -> float:
+        if isinstance(ranker, LinearBandit):
+            return float(np.linalg.inv(ranker.A_inv)[0, 0] - ranker.l2)  # feature 0 is the bias: a row count
+        return float(getattr(ranker, "n_updates", 0))
+
+    metrics.model_rows.labels(policy.policy_id).set(model_rows())
     redis_client = redis.Redis.from_url(settings.redis_url)
     slate_cache = SlateCache(redis_client, prefix=settings.redis_prefix)
     store = None
@@ -266,7 +281,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 if item.reward is not None:
                     metrics.rewards.labels(rec.policy_id, "+" if item.reward > 0 else "-" if item.reward < 0
                                            else "0").inc()
-                    metrics.reward_sum.labels(rec.policy_id).inc(item.reward)
+                    metrics.reward.labels(rec.policy_id).observe(item.reward)
         for what, value in vars(recommender.join.stats).items():
             metrics.join.labels(what).set(value)
         metrics.join.labels("open").set(len(recommender.join.open))
@@ -274,10 +289,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
 
     @app.timer(1.0)
     async def reward_windows() -> None:
-        """Close every open decision once the stream has been idle for a whole window (event time
-        stops when events stop), and train the session DQN off the stream."""
-        if time.monotonic() - learning["last_batch"] >= settings.reward_window_s and recommender.join.open:
-            await asyncio.gather(*await publish_rewards(recommender.close(datetime.now(UTC), all_open=True)))
+        """Close decisions whose window passed in processing time (their listener went quiet), and
+        train the session DQN off the stream."""
+        if recommender.join.open:
+            await asyncio.gather(*await publish_rewards(recommender.close(datetime.now(UTC))))
         if isinstance(ranker, SessionDQN) and settings.rl_train_steps and ranker.n_updates > learning["trained_at"]:
             learning["trained_at"] = ranker.n_updates
             loss = await asyncio.to_thread(ranker.train, settings.rl_train_steps)
@@ -303,6 +318,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 metrics.deltas.labels("published").inc()
             if learning["reader"] is not None:
                 metrics.deltas.labels("merged").inc(merger.merge(ranker, learning["reader"]))
+        metrics.model_rows.labels(policy.policy_id).set(model_rows())
         if time.monotonic() - learning["last_snapshot"] >= settings.model_snapshot_interval_s:
             take_snapshot()
 
@@ -357,11 +373,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
 
 
 def restore_and_replay(settings: Settings, recommender: Recommender, serde: Serde, snapshots: SnapshotStore,
-                       merger: DeltaMerger, learning: dict[str, Any]) -> None:
-    """Restore the last snapshot, then replay the events it does not cover (see agents.learn)."""
+                       merger: DeltaMerger, learning: dict[str, Any]) -> int:
+    """Restore the last snapshot, then replay the events it does not cover (see agents.learn).
+    Returns the number of records replayed."""
     snap = snapshots.load()
     if snap is None:
-        return
+        return 0
     recommender.restore(snap.recommender)
     merger.offsets, merger.last_seq = dict(snap.models_offsets), dict(snap.merger_seq)
     learning["seq"], learning["events_offsets"] = snap.publish_seq, dict(snap.events_offsets)
@@ -370,6 +387,7 @@ def restore_and_replay(settings: Settings, recommender: Recommender, serde: Serd
     n = replay(settings, topic, recommender, serde, snap.events_offsets, stop)
     log.info("model snapshot restored (%s) and %d records replayed up to the committed offsets %s",
              snapshots.path, n, stop)
+    return n
 
 
 def main() -> None:

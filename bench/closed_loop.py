@@ -91,7 +91,7 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
             rec_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{policy_name}:{request.event_id}")
             tracks = [catalogue.track_ids[p.track_idx] for p in decided.slate.picks]
             join.decide(Decision(rec_id, listener.user_id, request.occurred_at, tuple(tracks), policy_name,
-                                 decided.payload))
+                                 decided.payload), request.occurred_at)
             out = world.react(session, rec_id, tracks)
             n_events += len(out)
             # expected reward of what was reached vs the oracle's best allowed tracks, position by position
@@ -110,8 +110,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
                 if e.kind == "play_start":
                     played.append(i)
                 policy.observe(listener.user_id, session.session_id, str(e.kind), i, ctx, e.rating)
-                join.feedback(Feedback(e.event_id, rec_id, e.track_id, str(e.kind), e.occurred_at,
-                                       e.listened_ms, e.position))
+                join.feedback(Feedback(e.event_id, rec_id, e.user_id, e.track_id, str(e.kind), e.occurred_at,
+                                       e.listened_ms, e.position), e.occurred_at)
             for closed in join.close_due(all_open=True):  # all its feedback is in: close now
                 policy.learn(closed.decision.payload, closed.rewards)
             if isinstance(policy, HybridPolicy) and isinstance(policy.ranker, SessionDQN) and slates % train_every == 0:

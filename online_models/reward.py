@@ -18,8 +18,8 @@ no feedback by deadline   0.0    ``default`` (only for items the listener reache
 ======================  =======  ============================================
 
 The join (:class:`RewardJoin`) keeps open decisions by ``rec_id``. Feedback carrying a rec_id
-adds to its item; a decision closes ``window_s`` after it was made (event time: the highest
-``occurred_at`` seen so far is the watermark) and then yields one reward per item. Items below
+adds to its item; a decision closes ``window_s`` after it was made (on its listener's event
+clock, or on processing time if the listener goes quiet) and then yields one reward per item. Items below
 the deepest position that got any feedback are treated as not seen (the cascade assumption)
 and yield nothing; items above it with no feedback get ``default``. Feedback that arrives
 before its decision (out of order) waits up to ``window_s`` for it; feedback for a closed
@@ -98,19 +98,21 @@ class Decision:
 
     rec_id: uuid.UUID
     user_id: str
-    made_at: datetime
+    made_at: datetime  # event time of the request
     track_ids: tuple[str, ...]
     policy_id: str
     payload: Any = None
     totals: dict[int, float] = field(default_factory=dict)  # position -> summed reward
     deepest: int = -1
     n_feedback: int = 0
+    opened_at: datetime | None = None  # processing time, set by RewardJoin.decide
 
 
 @dataclass(frozen=True)
 class Feedback:
     event_id: uuid.UUID
     rec_id: uuid.UUID
+    user_id: str
     track_id: str
     kind: str
     occurred_at: datetime
@@ -137,37 +139,68 @@ class JoinStats:
 
 
 class RewardJoin:
+    """Joins feedback to decisions by rec_id.
+
+    A decision closes when either clock passes its deadline:
+    - *event time of its listener*: the listener's latest ``occurred_at`` (from any of their
+      requests or feedback) is ``window_s`` past the request's time. Per listener, because
+      client clocks differ: one listener's clock running ahead must not close everyone's
+      decisions (a single global watermark would);
+    - *processing time*: ``window_s`` after the join received the decision (so decisions of a
+      listener who went quiet still close).
+    """
+
     def __init__(self, mapping: RewardMapping | None = None, *, window_s: float = 300.0,
                  remember_ids: int = 1_000_000, remember_closed: int = 200_000) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         self.mapping = mapping or RewardMapping()
         self.window = timedelta(seconds=window_s)
-        self.open: OrderedDict[uuid.UUID, Decision] = OrderedDict()
+        self.open: OrderedDict[uuid.UUID, Decision] = OrderedDict()  # in processing-time order
+        self.by_user: dict[str, list[uuid.UUID]] = {}
+        self.user_clock: dict[str, datetime] = {}
         self.waiting: dict[uuid.UUID, list[Feedback]] = {}
         self._waiting_since: OrderedDict[uuid.UUID, datetime] = OrderedDict()
         self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
         self._closed: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._due: list[uuid.UUID] = []  # closed by their listener's clock, not yet handed out
         self._remember_ids, self._remember_closed = remember_ids, remember_closed
-        self.watermark: datetime | None = None
         self.stats = JoinStats()
 
-    def _advance(self, t: datetime) -> None:
-        if self.watermark is None or t > self.watermark:
-            self.watermark = t
+    def _tick(self, user_id: str, t: datetime) -> None:
+        """Advance a listener's event clock; decisions it passes become due."""
+        if user_id in self.user_clock and t <= self.user_clock[user_id]:
+            return
+        self.user_clock[user_id] = t
+        keep = []
+        for rec_id in self.by_user.get(user_id, []):
+            d = self.open.get(rec_id)
+            if d is None:
+                continue
+            if d.made_at + self.window <= t:
+                self._due.append(rec_id)
+            else:
+                keep.append(rec_id)
+        if keep:
+            self.by_user[user_id] = keep
+        else:
+            self.by_user.pop(user_id, None)
 
-    def decide(self, decision: Decision) -> None:
-        """Open a decision (idempotent by rec_id) and apply feedback that arrived before it."""
+    def decide(self, decision: Decision, now: datetime) -> None:
+        """Open a decision (idempotent by rec_id) and apply feedback that arrived before it.
+        ``now`` is processing time."""
         if decision.rec_id in self.open or decision.rec_id in self._closed:
             return
         self.stats.decisions += 1
+        decision.opened_at = now
         self.open[decision.rec_id] = decision
-        self._advance(decision.made_at)
+        self.by_user.setdefault(decision.user_id, []).append(decision.rec_id)
         for fb in self.waiting.pop(decision.rec_id, []):
             self._apply(decision, fb)
         self._waiting_since.pop(decision.rec_id, None)
+        self._tick(decision.user_id, decision.made_at)
 
-    def feedback(self, fb: Feedback) -> bool:
+    def feedback(self, fb: Feedback, now: datetime) -> bool:
         """Add one feedback event; False if it was a duplicate, late or not feedback."""
         if self.mapping.of(fb.kind, fb.listened_ms) is None:
             return False
@@ -177,7 +210,6 @@ class RewardJoin:
         self._seen[fb.event_id] = None
         if len(self._seen) > self._remember_ids:
             self._seen.popitem(last=False)
-        self._advance(fb.occurred_at)
         if fb.rec_id in self._closed:
             self.stats.late += 1
             return False
@@ -185,9 +217,11 @@ class RewardJoin:
         if decision is None:
             self.stats.early += 1
             self.waiting.setdefault(fb.rec_id, []).append(fb)
-            self._waiting_since.setdefault(fb.rec_id, fb.occurred_at)
+            self._waiting_since.setdefault(fb.rec_id, now)
             return True
-        return self._apply(decision, fb)
+        ok = self._apply(decision, fb)
+        self._tick(fb.user_id, fb.occurred_at)
+        return ok
 
     def _apply(self, decision: Decision, fb: Feedback) -> bool:
         pos = fb.position
@@ -203,32 +237,37 @@ class RewardJoin:
         return True
 
     def close_due(self, now: datetime | None = None, *, all_open: bool = False) -> list[Closed]:
-        """Close decisions older than the window (relative to ``now`` or the watermark)."""
-        now = now or self.watermark
-        out: list[Closed] = []
-        if now is None:
-            return out
-        while self.open:
-            rec_id, decision = next(iter(self.open.items()))
-            if not all_open and decision.made_at + self.window > now:
-                break
-            self.open.popitem(last=False)
-            self._closed[rec_id] = None
-            if len(self._closed) > self._remember_closed:
-                self._closed.popitem(last=False)
-            rewards = tuple(
-                self.mapping.clip(decision.totals.get(p, self.mapping.default)) if p <= decision.deepest else None
-                for p in range(len(decision.track_ids))
-            )
-            self.stats.closed += 1
-            out.append(Closed(decision, rewards))
-        while self._waiting_since:
+        """Close the decisions whose deadline passed on their listener's event clock, and (with
+        ``now``, processing time) those received more than a window ago; ``all_open`` closes all."""
+        due = list(dict.fromkeys(self._due))
+        self._due.clear()
+        if all_open:
+            due.extend(self.open)
+        elif now is not None:
+            for rec_id, d in self.open.items():
+                if d.opened_at is None or d.opened_at + self.window > now:
+                    break
+                due.append(rec_id)
+        out = [self._close(rec_id) for rec_id in dict.fromkeys(due) if rec_id in self.open]
+        while self._waiting_since and now is not None:
             rec_id, since = next(iter(self._waiting_since.items()))
             if not all_open and since + self.window > now:
                 break
             self._waiting_since.popitem(last=False)
             self.stats.orphaned += len(self.waiting.pop(rec_id, []))
         return out
+
+    def _close(self, rec_id: uuid.UUID) -> Closed:
+        decision = self.open.pop(rec_id)
+        self._closed[rec_id] = None
+        if len(self._closed) > self._remember_closed:
+            self._closed.popitem(last=False)
+        rewards = tuple(
+            self.mapping.clip(decision.totals.get(p, self.mapping.default)) if p <= decision.deepest else None
+            for p in range(len(decision.track_ids))
+        )
+        self.stats.closed += 1
+        return Closed(decision, rewards)
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.__dict__)
