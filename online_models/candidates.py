@@ -32,7 +32,7 @@ from online_models.catalogue import Catalogue
 from online_models.context import ACTIVITIES, ListeningContext
 from online_models.popularity import ContextPopularity
 
-SOURCES = ("popularity", "co-listen", "content", "familiar", "again", "artist", "gems", "explore")
+SOURCES = ("again", "co-listen", "familiar", "content", "artist", "gems", "popularity", "explore")  # claim order
 DISCOVERY_SOURCES = frozenset({"artist", "gems", "explore"})
 POSITIVE = {"play_end": 1.0, "like": 1.0, "replay": 0.5, "playlist_add": 1.0, "thumbs_up": 0.5}
 NEGATIVE = {"skip": 1.0, "thumbs_down": 1.0, "dislike": 1.0}

@@ -13,7 +13,10 @@ import pytest
 
 from online_models.context import ListeningContext
 from online_models.linear import EpsilonGreedyLinear, LinTS, LinUCB
+from online_models.policy import HybridPolicy, PopularityPolicy, RandomPolicy, make_policy
 from online_models.popularity import ContextPopularity
+from online_models.rl import SessionDQN
+from online_models.slate import SlateRules
 from streams.simulator import synthetic_catalogue
 
 CAT = synthetic_catalogue(2, 200)
@@ -47,6 +50,50 @@ def popularity_decide(m: ContextPopularity, seed: int) -> list[int]:
     return [p.track_idx for p in m.recommend(ListeningContext("workout", 8), 10, np.random.default_rng(seed)).picks]
 
 
+def serving_case(name: str, bad: list[dict[str, Any]]) -> Case:
+    ctx = ListeningContext("workout", 8)
+
+    def make() -> Any:
+        return make_policy(name, CAT, n_candidates=50, seed=0)
+
+    def learn(m: Any) -> None:
+        for t in range(0, 40, 4):
+            m.observe("u", "s", "play_start", t, ctx)
+            m.observe("u", "s", "play_end" if t % 8 else "skip", t, ctx)
+        for seed in range(3):
+            d = m.recommend("u", "s", ctx, 5, np.random.default_rng(seed))
+            m.learn(d.payload, tuple(1.0 if i % 2 else -0.5 for i in range(5)))
+        if isinstance(getattr(m, "ranker", None), SessionDQN):
+            m.ranker.batch_size = 8
+            m.ranker.train(5)
+
+    def decide(m: Any, seed: int) -> list[int]:
+        return [p.track_idx for p in m.recommend("u", "s", ctx, 10, np.random.default_rng(seed)).slate.picks]
+
+    return Case(make, learn, decide, [{"name": name, **b} for b in bad])
+
+
+SERVING = {f"serving:{name}": serving_case(name, bad) for name, bad in {
+    "random": [{"rules": "not-rules"}],
+    "popularity": [{"temperature": 0}],
+    "eps-greedy": [{"epsilon": 2}, {"n_candidates": 0}],
+    "linucb": [{"alpha": -1}, {"n_candidates": 0}],
+    "lints": [{"v": 0}],
+    "session-dqn": [{"gamma": 1.0}, {"lr": 0}, {"temperature": -1}],
+}.items()}
+
+
+def test_unknown_policy_names_are_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="choose one of random, popularity"):
+        make_policy("no-such-policy", CAT)
+
+
+def _make_serving(name: str, **kw: Any) -> Any:
+    if kw.get("rules") == "not-rules":
+        return SlateRules(artist_cap=0)
+    return make_policy(name, CAT, n_candidates=kw.pop("n_candidates", 50), **kw)
+
+
 CASES = {
     "popularity": Case(lambda: ContextPopularity(CAT),
                        lambda m: [m.learn("play_end", i, ListeningContext("workout", 8)) for i in range(0, 50, 3)],
@@ -54,6 +101,7 @@ CASES = {
     "linucb": linear_case(LinUCB, [{"alpha": -1}, {"l2": 0}, {"n_features": 0}]),
     "lints": linear_case(LinTS, [{"v": 0}, {"propensity_draws": 0}, {"l2": -1}]),
     "eps-greedy": linear_case(EpsilonGreedyLinear, [{"epsilon": 1.5}, {"epsilon": -0.1}]),
+    **SERVING,
 }
 
 
@@ -81,8 +129,13 @@ def test_learning_changes_decisions_and_leaves_inputs_alone(case: Case) -> None:
     model = case.make()
     before = case.decide(model, 3)
     case.learn(model)
-    assert case.decide(model, 3) != before or isinstance(model, ContextPopularity)
-    if not isinstance(model, ContextPopularity):
+    assert case.decide(model, 3) != before or isinstance(model, ContextPopularity | RandomPolicy) and not isinstance(
+        model, PopularityPolicy)
+    if isinstance(model, RandomPolicy | HybridPolicy):
+        exclude = np.array([1, 2, 3])
+        model.recommend("u", "s", ListeningContext(), 5, np.random.default_rng(0), exclude)
+        assert exclude.tolist() == [1, 2, 3]
+    elif not isinstance(model, ContextPopularity):
         X = features(9)
         r = np.ones(len(X))
         X0, r0 = X.copy(), r.copy()
@@ -93,7 +146,12 @@ def test_learning_changes_decisions_and_leaves_inputs_alone(case: Case) -> None:
 
 def test_unknown_input_is_tolerated_or_refused_clearly(case: Case) -> None:
     model = case.make()
-    if isinstance(model, ContextPopularity):
+    if isinstance(model, RandomPolicy | HybridPolicy):
+        model.observe("u", "s", "no_such_kind", 3, ListeningContext("hologram", 8))  # ignored
+        model.observe("u", "s", "like", 10**9, ListeningContext())  # unknown track: ignored
+        assert len(model.recommend("u", "s", ListeningContext("hologram", 3), 5, np.random.default_rng(0))
+                   .slate.picks) == 5
+    elif isinstance(model, ContextPopularity):
         assert model.learn("no_such_kind", 3, ListeningContext("hologram", 8)) == 0.0  # ignored
         assert model.learn("like", 10**9, ListeningContext()) == 0.0  # unknown track: ignored
         assert len(model.recommend(ListeningContext("hologram", 30 % 24), 5, np.random.default_rng(0)).picks) == 5
@@ -105,7 +163,9 @@ def test_unknown_input_is_tolerated_or_refused_clearly(case: Case) -> None:
 def test_invalid_hyperparameters_are_rejected(case: Case) -> None:
     for bad in case.bad:
         with pytest.raises(ValueError):
-            if isinstance(case.make(), ContextPopularity):
+            if isinstance(case.make(), RandomPolicy | HybridPolicy):
+                _make_serving(**bad)
+            elif isinstance(case.make(), ContextPopularity):
                 ContextPopularity(CAT, **bad)
             else:
                 cls = type(case.make())

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from agents.recommend import Recommender, listening_context
-from online_models.policy import POLICIES, make_policy
 from online_models.context import ListeningContext
+from online_models.policy import POLICIES, make_policy
 from online_models.popularity import ContextPopularity
 from online_models.slate import plackett_luce
 from schemas.events import Interaction, Kind
