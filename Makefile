@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_SECONDS ?= 60
 
-.PHONY: install system-deps up down status demo test lint schemas clean bench bench-karma bench-clickhouse
+.PHONY: install system-deps up down status demo test lint schemas clean bench bench-karma bench-clickhouse \
+        bench-recommenders bench-bandits
 
 install: $(STAMP) system-deps
 
@@ -47,7 +48,15 @@ test: install
 	$(PY) -m schemas.avro --check
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: bench-karma bench-clickhouse
+bench: bench-karma bench-clickhouse bench-recommenders bench-bandits
+
+# closed-loop simulator, 100k events per policy: regret curves in bench/out/closed_loop.png
+bench-recommenders: install
+	$(PY) -m bench.closed_loop
+
+# linear bandits' score + update rate vs river LinUCBDisjoint and vowpalwabbit --cb_explore_adf
+bench-bandits: install
+	$(PY) -m bench.bandit_throughput
 
 bench-clickhouse: install
 	$(PY) -m bench.clickhouse_bench

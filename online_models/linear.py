@@ -108,7 +108,8 @@ class LinearBandit:
     def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
                 spread: np.ndarray | None = None) -> Chooser:
         """``offset`` adds a per-candidate term to the score (a listener layer's estimate) and
-        ``spread`` its uncertainty, which each policy treats as it treats its own."""
+        ``spread`` its uncertainty: LinUCB adds it as a bonus, LinTS draws noise of that scale,
+        epsilon-greedy ignores it."""
         raise NotImplementedError
 
     def rank(self, X: np.ndarray, k: int, rng: np.random.Generator,
@@ -145,7 +146,7 @@ class LinUCB(LinearBandit):
                 spread: np.ndarray | None = None) -> Chooser:
         scores = self.scores(self._check(X))
         if offset is not None:
-            scores = scores + offset + self.alpha * (spread if spread is not None else 0.0)
+            scores = scores + offset + (spread if spread is not None else 0.0)
 
         def choose(allowed: np.ndarray) -> tuple[int, float, float]:
             i = _argmax(scores, allowed)
@@ -177,7 +178,7 @@ class LinTS(LinearBandit):
         X = self._check(X)
         all_scores = X @ self._draw(rng, 1 + self.propensity_draws).T  # (n, draws)
         if offset is not None:
-            noise = rng.standard_normal(all_scores.shape) * (self.v * spread[:, None] if spread is not None else 0.0)
+            noise = rng.standard_normal(all_scores.shape) * (spread[:, None] if spread is not None else 0.0)
             all_scores += offset[:, None] + noise
         played, extra = all_scores[:, 0], all_scores[:, 1:]
 

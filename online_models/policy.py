@@ -119,13 +119,17 @@ class HybridPolicy:
     """Candidates from every generator -> features -> a ranker (bandit or DQN) -> slate rules."""
 
     def __init__(self, catalogue: Catalogue, ranker: LinearBandit | SessionDQN, *,
-                 rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True) -> None:
+                 rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True,
+                 layer_bonus: float = 0.5) -> None:
+        if layer_bonus < 0:
+            raise ValueError(f"layer_bonus must be >= 0, got {layer_bonus}")
         self.catalogue = catalogue
         self.ranker = ranker
         self.rules = rules or SlateRules()
         self.gen = CandidateGenerator(catalogue, n_candidates=n_candidates)
         self.sessions = _Sessions()
         self.listener_layer = listener_layer
+        self.layer_bonus = layer_bonus
         self.policy_id = ranker.policy_id
         self.policy_version = ranker.policy_version
 
@@ -135,6 +139,7 @@ class HybridPolicy:
         X = build_features(self.gen, self.gen.profile(user_id), ctx, cands)
         state = self.sessions.get(session_id, ctx)
         offset, spread = self.gen.listener_layer(user_id, cands.idx) if self.listener_layer else (None, None)
+        spread = spread * self.layer_bonus if spread is not None else None
         if isinstance(self.ranker, SessionDQN):
             choose = self.ranker.chooser(X, rng, SessionState(**vars(state)), offset)
         else:

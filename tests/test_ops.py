@@ -215,7 +215,8 @@ def test_production_manifests_parse() -> None:
     assert {"kafka", "redis", "clickhouse", "prometheus", "grafana", "worker"} <= set(compose["services"])
     docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "encore.yaml").read_text()))
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert ("Deployment", "encore-worker") in kinds and ("StatefulSet", "kafka") in kinds
-    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "encore-worker")
+    assert ("StatefulSet", "encore-worker") in kinds and ("StatefulSet", "kafka") in kinds
+    worker = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "encore-worker")
     env = {e["name"] for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert {"ENCORE_KAFKA_BOOTSTRAP", "ENCORE_REDIS_URL", "ENCORE_CLICKHOUSE_DSN", "ENCORE_API_KEYS"} <= env
+    assert {"ENCORE_KAFKA_BOOTSTRAP", "ENCORE_REDIS_URL", "ENCORE_CLICKHOUSE_DSN", "ENCORE_API_KEYS",
+            "ENCORE_WORKER_ID", "ENCORE_STATE_DIR"} <= env
