@@ -33,6 +33,7 @@ from agents.recommend import listening_context
 from online_models.policy import POLICIES, HybridPolicy, make_policy
 from online_models.reward import Decision, Feedback, RewardJoin
 from online_models.rl import SessionDQN
+from online_models.slate import SlateRules
 from streams.simulator import World, synthetic_catalogue
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -62,10 +63,10 @@ class Curve:
 
 def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: int = 300,
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
-        progress: bool = True) -> Curve:
+        rules: SlateRules | None = None, progress: bool = True) -> Curve:
     catalogue = synthetic_catalogue(seed, n_tracks)
     world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}")
-    policy = make_policy(policy_name, catalogue, seed=seed)
+    policy = make_policy(policy_name, catalogue, seed=seed, rules=rules)
     join = RewardJoin(window_s=3600)
     rng = np.random.default_rng(seed + 2)
     recent: dict[str, deque[int]] = {}
@@ -154,13 +155,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--listeners", type=int, default=300)
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--discovery-share", type=float, default=SlateRules().discovery_share,
+                    help="share of slate positions kept for discovery candidates (the product default)")
+    ap.add_argument("--artist-cap", type=int, default=SlateRules().artist_cap)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     curves = []
     for name in args.policies.split(","):
         print(f"{name}: running {args.events:,} events (seed {args.seed}, {args.listeners} listeners)", flush=True)
-        curves.append(run(name, events=args.events, seed=args.seed, n_listeners=args.listeners))
+        curves.append(run(name, events=args.events, seed=args.seed, n_listeners=args.listeners,
+                          rules=SlateRules(artist_cap=args.artist_cap, discovery_share=args.discovery_share)))
     pop = next((c for c in curves if c.policy == "popularity"), None)
     print(f"\n{'policy':<12} {'reward/imp':>10} {'last10k':>8} {'oracle10k':>9} {'%oracle':>8} "
           f"{'regret':>9} {'%pop regret':>11} {'seconds':>8}")

@@ -4,6 +4,8 @@ Five generators propose tracks for a (listener, context) and a hybrid blends the
 candidate carries the generator that proposed it (its *source*) and an *anchor* (the liked
 track or artist it came from) so the slate can explain itself.
 
+- ``for-you``:    the whole catalogue scored by the serving ranker itself (exploit scores, no
+  exploration bonus), when the caller passes ``model``: what the current model likes best.
 - ``popularity``: popularity by context (activity x daypart), see :mod:`popularity`.
 - ``co-listen``:  item-item co-occurrence of positively received tracks within sessions
   (collaborative: "listeners who finished X also finished Y").
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +35,7 @@ from online_models.catalogue import Catalogue
 from online_models.context import ACTIVITIES, ListeningContext
 from online_models.popularity import ContextPopularity
 
-SOURCES = ("again", "co-listen", "familiar", "content", "artist", "gems", "popularity", "explore")  # claim order
+SOURCES = ("for-you", "again", "co-listen", "familiar", "content", "artist", "gems", "popularity", "explore")  # claim order
 DISCOVERY_SOURCES = frozenset({"artist", "gems", "explore"})
 POSITIVE = {"play_end": 1.0, "like": 1.0, "replay": 0.5, "playlist_add": 1.0, "thumbs_up": 0.5}
 NEGATIVE = {"skip": 1.0, "thumbs_down": 1.0, "dislike": 1.0}
@@ -67,6 +70,17 @@ class ListenerProfile:
         self.genre_res = np.zeros(self.n_genres)
         self.genre_res_n = np.zeros(self.n_genres)
 
+    def artist_arrays(self, n_artists: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(finished, shown, residual sum, residual count) per artist, as dense arrays."""
+        out = np.zeros((4, n_artists))
+        for a, v in self.artist_pos.items():
+            out[0, a] = v
+        for a, v in self.artist_shown.items():
+            out[1, a] = v
+        for a, (r, m) in self.artist_res.items():
+            out[2, a], out[3, a] = r, m
+        return out[0], out[1], out[2], out[3]
+
     def taste(self, activity: int, fallback: np.ndarray) -> np.ndarray:
         """Mean sound of what the listener liked in this activity, shrunk towards ``fallback``."""
         n = self.taste_n[activity]
@@ -96,8 +110,9 @@ class CandidateGenerator:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
         if not 0 < gem_quantile < 1:
             raise ValueError(f"gem_quantile must be in (0, 1), got {gem_quantile}")
-        self.quotas = dict(quotas or {"popularity": 0.15, "co-listen": 0.1, "content": 0.25, "familiar": 0.15,
-                                      "again": 0.1, "artist": 0.1, "gems": 0.05, "explore": 0.1})
+        self.quotas = dict(quotas or {"for-you": 0.3, "again": 0.1, "co-listen": 0.1, "familiar": 0.1,
+                                      "content": 0.1, "artist": 0.1, "gems": 0.05, "popularity": 0.1,
+                                      "explore": 0.05})
         bad = set(self.quotas) - set(SOURCES)
         if bad or any(v < 0 for v in self.quotas.values()):
             raise ValueError(f"quotas must be >= 0 over {SOURCES}, got {self.quotas}")
@@ -167,17 +182,19 @@ class CandidateGenerator:
             self.co[track_idx][other] = self.co[track_idx].get(other, 0.0) + w
         prof.session_pos.append(track_idx)
 
-    def learn_residuals(self, user_id: str, tracks: np.ndarray, residuals: np.ndarray) -> None:
+    def learn_residuals(self, user_id: str, tracks: np.ndarray, residuals: np.ndarray,
+                        weights: np.ndarray | None = None) -> None:
         """What the shared model got wrong for this listener, per genre and artist: the
         listener-specific part of the reward (a per-listener layer on top of the shared model,
         as in hybrid LinUCB), fed back as features."""
         prof = self.profile(user_id)
         genres = self.catalogue.genre_idx[tracks]
         np.add.at(prof.genre_res, genres, residuals)
-        np.add.at(prof.genre_res_n, genres, 1)
-        for a, r in zip(self.artist_of[tracks], residuals, strict=True):
+        w = np.ones(len(tracks)) if weights is None else weights
+        np.add.at(prof.genre_res_n, genres, w)
+        for a, r, wi in zip(self.artist_of[tracks], residuals, w, strict=True):
             s, n = prof.artist_res.get(int(a), (0.0, 0))
-            prof.artist_res[int(a)] = (s + float(r), n + 1)
+            prof.artist_res[int(a)] = (s + float(r), n + float(wi))
 
     def listener_layer(self, user_id: str, tracks: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Per candidate: the listener's own reward offset (ridge estimate from the residuals of
@@ -185,10 +202,9 @@ class CandidateGenerator:
         prof = self.profile(user_id)
         g = self.catalogue.genre_idx[tracks]
         n_g = prof.genre_res_n[g]
-        res = [prof.artist_res.get(int(a), (0.0, 0)) for a in self.artist_of[tracks]]
-        a_sum = np.array([r[0] for r in res]) if res else np.zeros(0)
-        a_n = np.array([r[1] for r in res], dtype=float) if res else np.zeros(0)
-        offset = prof.genre_res[g] / (n_g + l2) + a_sum / (a_n + l2)
+        _, _, a_sum, a_n = prof.artist_arrays(len(self.artists))
+        arts = self.artist_of[tracks]
+        offset = prof.genre_res[g] / (n_g + l2) + a_sum[arts] / (a_n[arts] + l2)
         spread = 1.0 / np.sqrt(n_g + l2)
         return offset, spread
 
@@ -250,7 +266,9 @@ class CandidateGenerator:
         return out
 
     def generate(self, user_id: str, ctx: ListeningContext, rng: np.random.Generator,
-                 exclude: np.ndarray | None = None) -> Candidates:
+                 exclude: np.ndarray | None = None,
+                 model: Callable[[Candidates], np.ndarray] | None = None) -> Candidates:
+        """``model`` scores a Candidates holding the whole catalogue (for the ``for-you`` source)."""
         prof = self.profile(user_id)
         n = len(self.catalogue)
         allowed = np.ones(n, dtype=bool)
@@ -263,7 +281,13 @@ class CandidateGenerator:
         fam, fam_anchor = self.familiar_scores(prof)
         again = self.track_history(prof)
         gems = np.where(self.gem, content, -np.inf)
+        finite = {"popularity": pop, "co-listen": co, "content": content, "artist": art,
+                  "again": np.where(np.isfinite(again), again, 0.0), "known": np.isfinite(again).astype(float)}
+        every = np.arange(n)
+        mine = (model(Candidates(every, np.full(n, SOURCES.index("for-you")), np.full(n, -1), finite))
+                if model is not None else np.full(n, -np.inf))
         ranked = {
+            "for-you": mine,
             "popularity": pop, "co-listen": np.where(co > 0, co, -np.inf), "content": content,
             "familiar": np.where(fam > 0.5, fam + 0.1 * content, -np.inf),
             "again": np.where(again > 0.5, again, -np.inf),
@@ -294,8 +318,6 @@ class CandidateGenerator:
         for name, rows in (("co-listen", co_anchor), ("artist", art_anchor), ("familiar", fam_anchor)):
             hit = source == SOURCES.index(name)
             anchor[hit] = rows[idx[hit]]
-        finite = {"popularity": pop, "co-listen": co, "content": content, "artist": art,
-                  "again": np.where(np.isfinite(again), again, 0.0), "known": np.isfinite(again).astype(float)}
         return Candidates(idx, source, anchor, {k: v[idx] for k, v in finite.items()})
 
     def snapshot(self) -> bytes:

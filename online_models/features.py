@@ -51,17 +51,15 @@ def build_features(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listenin
     X[:, col + 1] = pop - pop.max() if n else pop
     X[:, col + 2] = np.log(prof.genre_rate(gen.genre_prior))[cat.genre_idx[idx]]
     arts = gen.artist_of[idx]
-    pos = np.array([prof.artist_pos.get(int(a), 0.0) for a in arts])
-    shown = np.array([prof.artist_shown.get(int(a), 0.0) for a in arts])
-    X[:, col + 3] = np.log((pos + 0.5) / (shown + 1.0))
+    a_pos, a_shown, a_res, a_res_n = prof.artist_arrays(len(gen.artists))
+    X[:, col + 3] = np.log((a_pos[arts] + 0.5) / (a_shown[arts] + 1.0))
     n_all = prof.taste_n.sum()
     overall = prof.taste_sum.sum(axis=0) / n_all if n_all else gen.mean_sound
     X[:, col + 4] = ((f - prof.taste(act, overall)) ** 2).sum(axis=1)
     X[:, col + 5] = 1.0 / np.sqrt(1.0 + prof.genre_shown[cat.genre_idx[idx]])
     g = cat.genre_idx[idx]
     X[:, col + 6] = prof.genre_res[g] / (prof.genre_res_n[g] + 1.0)
-    res = [prof.artist_res.get(int(a), (0.0, 0)) for a in arts]
-    X[:, col + 7] = np.array([s / (m + 1.0) for s, m in res]) if res else 0.0
+    X[:, col + 7] = a_res[arts] / (a_res_n[arts] + 1.0)
     X[:, col + 8] = cands.scores["again"]
     X[:, col + 9] = cands.scores["known"]
     X[:, col + 10] = cands.scores["co-listen"]

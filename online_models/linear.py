@@ -47,13 +47,16 @@ class LinearBandit:
     policy_version = "1"
     exact = True
 
-    def __init__(self, n_features: int, *, l2: float = 1.0) -> None:
+    def __init__(self, n_features: int, *, l2: float = 1.0, link: str = "identity") -> None:
         if n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
         if l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {l2}")
+        if link not in ("identity", "logit"):
+            raise ValueError(f"link must be 'identity' or 'logit', got {link!r}")
         self.d = n_features
         self.l2 = l2
+        self.link = link
         self.A_inv = np.eye(n_features) / l2
         self.b = np.zeros(n_features)
         self._delta_A = np.zeros((n_features, n_features))
@@ -70,24 +73,45 @@ class LinearBandit:
             raise ValueError(f"features must be (n_candidates, {self.d}), got {X.shape}")
         return X
 
-    def update(self, X: np.ndarray, rewards: np.ndarray) -> None:
-        """Learn from shown items' features and their rewards (one row per item)."""
+    def update(self, X: np.ndarray, rewards: np.ndarray, offset: np.ndarray | float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Learn from shown items' features and their rewards (one row per item). ``offset``
+        is a known per-row part of the prediction (a listener layer's), left out of theta.
+
+        With ``link="logit"`` the reward clipped to [0, 1] is a success probability and the
+        update is one iteratively-reweighted least-squares step (weights p(1-p), working
+        response x.theta + (y - p) / w): still additive statistics A, b.
+
+        Returns, per row, the residual the model left before this update and its weight (what
+        a listener layer learns from)."""
         X = self._check(X)
         rewards = np.asarray(rewards, dtype=float)
         if len(rewards) != len(X):
             raise ValueError(f"{len(X)} feature rows but {len(rewards)} rewards")
         if not len(X):
-            return
-        # Woodbury: (A + X^T X)^-1 = A^-1 - A^-1 X^T (I + X A^-1 X^T)^-1 X A^-1
-        AX = self.A_inv @ X.T  # (d, k)
-        inner = np.eye(len(X)) + X @ AX
+            return np.zeros(0), np.zeros(0)
+        base = X @ self.theta
+        if self.link == "logit":
+            y = np.clip(rewards, 0.0, 1.0)
+            p = 1.0 / (1.0 + np.exp(-(base + offset)))
+            w = np.clip(p * (1 - p), 0.01, 0.25)
+            target, residual = base + (y - p) / w, y - p
+        else:
+            w = np.ones(len(X))
+            target = rewards - offset
+            residual = target - base
+        # Woodbury: (A + X^T W X)^-1 = A^-1 - A^-1 Xw^T (I + Xw A^-1 Xw^T)^-1 Xw A^-1, Xw = sqrt(W) X
+        Xw = X * np.sqrt(w)[:, None]
+        AX = self.A_inv @ Xw.T  # (d, k)
+        inner = np.eye(len(X)) + Xw @ AX
         self.A_inv -= AX @ np.linalg.solve(inner, AX.T)
         self.A_inv = (self.A_inv + self.A_inv.T) / 2  # keep it symmetric against rounding
-        xr = rewards @ X
+        xr = (w * target) @ X
         self.b += xr
-        self._delta_A += X.T @ X
+        self._delta_A += Xw.T @ Xw
         self._delta_b += xr
         self.n_updates += len(X)
+        return residual, w
 
     def delta(self) -> tuple[np.ndarray, np.ndarray]:
         """The statistics learned since the last call (to publish to other workers)."""
@@ -132,8 +156,8 @@ class LinearBandit:
 class LinUCB(LinearBandit):
     policy_id = "linucb"
 
-    def __init__(self, n_features: int, *, alpha: float = 0.3, l2: float = 1.0) -> None:
-        super().__init__(n_features, l2=l2)
+    def __init__(self, n_features: int, *, alpha: float = 0.3, l2: float = 1.0, link: str = "identity") -> None:
+        super().__init__(n_features, l2=l2, link=link)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = alpha
@@ -159,8 +183,9 @@ class LinTS(LinearBandit):
     policy_id = "lints"
     exact = False
 
-    def __init__(self, n_features: int, *, v: float = 0.3, l2: float = 1.0, propensity_draws: int = 100) -> None:
-        super().__init__(n_features, l2=l2)
+    def __init__(self, n_features: int, *, v: float = 0.3, l2: float = 1.0, propensity_draws: int = 100,
+                 link: str = "identity") -> None:
+        super().__init__(n_features, l2=l2, link=link)
         if v <= 0:
             raise ValueError(f"v must be > 0, got {v}")
         if propensity_draws < 1:
@@ -194,8 +219,8 @@ class LinTS(LinearBandit):
 class EpsilonGreedyLinear(LinearBandit):
     policy_id = "eps-greedy"
 
-    def __init__(self, n_features: int, *, epsilon: float = 0.1, l2: float = 1.0) -> None:
-        super().__init__(n_features, l2=l2)
+    def __init__(self, n_features: int, *, epsilon: float = 0.1, l2: float = 1.0, link: str = "identity") -> None:
+        super().__init__(n_features, l2=l2, link=link)
         if not 0 <= epsilon <= 1:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = epsilon

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models.candidates import DISCOVERY_SOURCES, SOURCES, CandidateGenerator
+from online_models.candidates import DISCOVERY_SOURCES, SOURCES, CandidateGenerator, Candidates
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.features import N_FEATURES, build_features
@@ -120,7 +120,7 @@ class HybridPolicy:
 
     def __init__(self, catalogue: Catalogue, ranker: LinearBandit | SessionDQN, *,
                  rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True,
-                 layer_bonus: float = 0.5) -> None:
+                 layer_bonus: float = 0.5, for_you: bool = True, layer_l2: float = 1.0) -> None:
         if layer_bonus < 0:
             raise ValueError(f"layer_bonus must be >= 0, got {layer_bonus}")
         self.catalogue = catalogue
@@ -130,15 +130,27 @@ class HybridPolicy:
         self.sessions = _Sessions()
         self.listener_layer = listener_layer
         self.layer_bonus = layer_bonus
+        self.for_you = for_you
+        self.layer_l2 = layer_l2
         self.policy_id = ranker.policy_id
         self.policy_version = ranker.policy_version
 
     def recommend(self, user_id: str, session_id: str, ctx: ListeningContext, k: int,
                   rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
-        cands = self.gen.generate(user_id, ctx, rng, exclude)
-        X = build_features(self.gen, self.gen.profile(user_id), ctx, cands)
+        prof = self.gen.profile(user_id)
         state = self.sessions.get(session_id, ctx)
-        offset, spread = self.gen.listener_layer(user_id, cands.idx) if self.listener_layer else (None, None)
+
+        def model(every: Candidates) -> np.ndarray:  # the "for-you" generator: exploit scores
+            X_all = build_features(self.gen, prof, ctx, every)
+            if isinstance(self.ranker, SessionDQN):
+                score = self.ranker.q_values(SessionState(**vars(state)), X_all)
+            else:
+                score = X_all @ self.ranker.theta
+            return score + self.gen.listener_layer(user_id, every.idx, self.layer_l2)[0] if self.listener_layer else score
+
+        cands = self.gen.generate(user_id, ctx, rng, exclude, model=model if self.for_you else None)
+        X = build_features(self.gen, prof, ctx, cands)
+        offset, spread = self.gen.listener_layer(user_id, cands.idx, self.layer_l2) if self.listener_layer else (None, None)
         spread = spread * self.layer_bonus if spread is not None else None
         if isinstance(self.ranker, SessionDQN):
             choose = self.ranker.chooser(X, rng, SessionState(**vars(state)), offset)
@@ -163,6 +175,8 @@ class HybridPolicy:
             return f"new artist close to {self.gen.artists[anchor]}"
         if name == "familiar" and anchor >= 0:
             return f"more from {self.gen.artists[anchor]}, whom you keep playing"
+        if name == "for-you":
+            return f"picked for you from what you finish in {ctx.describe()}"
         if name == "again":
             return "you finished it before; back for another listen"
         if name == "gems":
@@ -187,15 +201,14 @@ class HybridPolicy:
         if not seen:
             return 0
         r = np.array([rewards[i] for i in seen])
-        offset = self.gen.listener_layer(user_id, tracks[seen])[0] if self.listener_layer else 0.0
+        offset = self.gen.listener_layer(user_id, tracks[seen], self.layer_l2)[0] if self.listener_layer else 0.0
         if isinstance(self.ranker, SessionDQN):
-            predicted = self.ranker.q_values(state, X[seen])
+            residual, weight = r - self.ranker.q_values(state, X[seen]) - offset, None
             self.ranker.learn(state, X, list(rewards))
         else:
-            predicted = X[seen] @ self.ranker.theta
-            self.ranker.update(X[seen], r - offset)
+            residual, weight = self.ranker.update(X[seen], r, offset)
         if self.listener_layer:
-            self.gen.learn_residuals(user_id, tracks[seen], r - predicted - offset)
+            self.gen.learn_residuals(user_id, tracks[seen], residual, weight)
         return len(seen)
 
     def snapshot(self) -> bytes:

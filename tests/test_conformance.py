@@ -98,7 +98,7 @@ CASES = {
     "popularity": Case(lambda: ContextPopularity(CAT),
                        lambda m: [m.learn("play_end", i, ListeningContext("workout", 8)) for i in range(0, 50, 3)],
                        popularity_decide, [{"temperature": 0}, {"prior_weight": -1}]),
-    "linucb": linear_case(LinUCB, [{"alpha": -1}, {"l2": 0}, {"n_features": 0}]),
+    "linucb": linear_case(LinUCB, [{"alpha": -1}, {"l2": 0}, {"n_features": 0}, {"link": "probit"}]),
     "lints": linear_case(LinTS, [{"v": 0}, {"propensity_draws": 0}, {"l2": -1}]),
     "eps-greedy": linear_case(EpsilonGreedyLinear, [{"epsilon": 1.5}, {"epsilon": -0.1}]),
     **SERVING,
@@ -173,16 +173,21 @@ def test_invalid_hyperparameters_are_rejected(case: Case) -> None:
                 cls(kwargs.pop("n_features"), **kwargs)
 
 
+@pytest.mark.parametrize("link", ["identity", "logit"])
 @pytest.mark.parametrize("cls", [LinUCB, LinTS, EpsilonGreedyLinear])
-def test_linear_bandits_learn_the_best_items_and_merge_deltas(cls: type) -> None:
+def test_linear_bandits_learn_the_best_items_and_merge_deltas(cls: type, link: str) -> None:
     rng = np.random.default_rng(0)
     theta = rng.normal(size=D)
-    a, b = cls(D), cls(D)
+    a, b = cls(D, link=link), cls(D, link=link)
     for step in range(300):
         X = rng.normal(size=(50, D))
         model = a if step % 2 else b
         shown = model.rank(X, 5, rng).indices
-        model.update(X[shown], X[shown] @ theta + rng.normal(0, 0.1, len(shown)))
+        if link == "logit":  # binary rewards with a logistic truth
+            y = (rng.random(len(shown)) < 1 / (1 + np.exp(-(X[shown] @ theta)))).astype(float)
+        else:
+            y = X[shown] @ theta + rng.normal(0, 0.1, len(shown))
+        model.update(X[shown], y)
     a.merge(b.delta())  # a now holds both workers' statistics
     b_only = b
     X = rng.normal(size=(200, D))

@@ -202,3 +202,21 @@ def test_two_workers_converge_through_model_deltas(stack) -> None:  # type: igno
     finally:
         stack_stop(stack, "worker-d1")
         stack_stop(stack, "worker-d2")
+
+
+def test_the_worker_serves_the_session_dqn_and_trains_it_off_the_stream(stack) -> None:  # type: ignore[no-untyped-def]
+    settings, url = start_worker(stack, "worker-dqn", **_isolated(stack, "dqn", policy="session-dqn",
+                                                                   reward_window_s=1.0, rl_train_steps=5))
+    try:
+        _traffic(settings, 6.0, seed=41)
+        recs = read_topic(settings, "encore.recommendations", lambda r: len(r) >= 20)
+        slates = [SERDE.decode(m.value(), Recommendation) for m in recs]
+        assert slates and all(s.policy_id == "session-dqn" for s in slates)
+        assert all(0 < i.propensity <= 1 and i.explanation for s in slates for i in s.items)
+        assert _wait_metric(url, "encore_model_rows", 64) >= 64  # transitions in the replay buffer
+        deadline = time.monotonic() + 30
+        while worker_total(url, "encore_rl_td_loss") == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert worker_total(url, "encore_rl_td_loss") > 0  # it trained (in a thread) while serving
+    finally:
+        stack_stop(stack, "worker-dqn")

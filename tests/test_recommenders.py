@@ -43,7 +43,8 @@ def test_every_generator_contributes_and_candidates_carry_source_and_anchor() ->
     gen = CandidateGenerator(CAT, n_candidates=120)
     _taught(gen)
     exclude = np.array([3, 8, 21])
-    c = gen.generate("u-1", WORKOUT, np.random.default_rng(0), exclude)
+    c = gen.generate("u-1", WORKOUT, np.random.default_rng(0), exclude,
+                     model=lambda every: every.scores["content"] + every.scores["again"])
     assert len(c) == 120 and len(set(c.idx.tolist())) == 120
     assert not set(exclude.tolist()) & set(c.idx.tolist())
     assert {SOURCES[s] for s in c.source} == set(SOURCES)
