@@ -36,7 +36,7 @@ from online_models.context import ACTIVITIES, ListeningContext
 from online_models.popularity import ContextPopularity
 
 SOURCES = ("for-you", "again", "co-listen", "familiar", "content", "artist", "gems", "popularity", "explore")  # claim order
-DISCOVERY_SOURCES = frozenset({"artist", "gems", "explore"})
+DISCOVERY_SOURCES = frozenset({"artist", "gems", "explore"})  # generators that aim at discovery
 POSITIVE = {"play_end": 1.0, "like": 1.0, "replay": 0.5, "playlist_add": 1.0, "thumbs_up": 0.5}
 NEGATIVE = {"skip": 1.0, "thumbs_down": 1.0, "dislike": 1.0}
 
@@ -246,6 +246,12 @@ class CandidateGenerator:
         played = np.fromiter(prof.artist_shown.keys(), dtype=np.int64, count=len(prof.artist_shown))
         sim[played] = 0.0
         return sim[self.artist_of], np.asarray(liked)[best][self.artist_of]
+
+    def discovery(self, user_id: str, tracks: np.ndarray) -> np.ndarray:
+        """Whether each track is a discovery for this listener: by an artist they have never
+        been played, or a hidden gem (bottom ``gem_quantile`` of popularity)."""
+        _, shown, _, _ = self.profile(user_id).artist_arrays(len(self.artists))
+        return (shown[self.artist_of[tracks]] == 0) | self.gem[tracks]
 
     def familiar_scores(self, prof: ListenerProfile) -> tuple[np.ndarray, np.ndarray]:
         """Smoothed completion rate of each track's artist for this listener; 0 for unplayed artists."""

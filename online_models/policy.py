@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from online_models.candidates import DISCOVERY_SOURCES, SOURCES, CandidateGenerator, Candidates
+from online_models.candidates import SOURCES, CandidateGenerator, Candidates
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.features import N_FEATURES, build_features
@@ -31,7 +31,6 @@ from online_models.rl import SessionDQN, SessionState
 from online_models.slate import SlateRules, fill, softmax_chooser, uniform_chooser
 
 POLICIES = ("random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn")
-_DISCOVERY = np.array([s in DISCOVERY_SOURCES for s in SOURCES])
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class HybridPolicy:
         else:
             choose = self.ranker.chooser(X, rng, offset, spread)
         order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
-                                    _DISCOVERY[cands.source])
+                                    self.gen.discovery(user_id, cands.idx))
         state.slates += 1
         picks = tuple(
             SlatePick(int(cands.idx[i]), float(s), float(p), SOURCES[cands.source[i]],

@@ -53,7 +53,8 @@ class SlateRules:
 
     - ``artist_cap``: at most this many tracks by one artist in a slate;
     - ``discovery_share``: this share of positions (spread evenly, never the first) is filled
-      from discovery candidates (new artists, hidden gems, exploration) when any are left.
+      with a discovery for the listener (a track by an artist they have never been played, or
+      a hidden gem) when any candidate is one.
     Recently played tracks never reach the slate: the caller excludes them from the candidates.
     """
 
