@@ -69,11 +69,11 @@ class Curve:
 
 def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: int = 300,
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
-        rules: SlateRules | None = None, progress: bool = True) -> Curve:
+        rules: SlateRules | None = None, params: dict | None = None, progress: bool = True) -> Curve:
     catalogue = synthetic_catalogue(seed, n_tracks)
     world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}")
     rules = rules or SlateRules()
-    policy = make_policy(policy_name, catalogue, seed=seed, rules=rules)
+    policy = make_policy(policy_name, catalogue, seed=seed, rules=rules, **(params or {}))
     artist_of = world._artist_of
     gem = catalogue.popularity <= np.quantile(catalogue.popularity, 0.3)
     played_artists: dict[str, set[int]] = {}
@@ -161,14 +161,22 @@ def plot(curves: list[Curve], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (a, b, r) = plt.subplots(1, 3, figsize=(19, 5))
     for c in curves:
         a.plot(c.events, c.reward, label=c.policy)
         b.plot(c.events, np.array(c.oracle) - np.array(c.reward), label=c.policy)
+        ev, rew, orc = np.array(c.events), np.array(c.reward), np.array(c.oracle)
+        edges = np.searchsorted(ev, np.arange(5_000, ev[-1] + 1, 5_000))
+        edges = edges[edges < len(ev)]
+        prev = np.concatenate(([0], edges[:-1]))
+        share = (rew[edges] - np.where(prev > 0, rew[prev], 0)) / (orc[edges] - np.where(prev > 0, orc[prev], 0))
+        r.plot(ev[edges], 100 * share, marker=".", label=c.policy)
+    r.axhline(90, color="k", ls=":", label="goal: 90% of the oracle")
+    r.set(title="Reward rate as % of the oracle's, per 5k events", xlabel="events", ylabel="%", ylim=(0, 100))
     a.plot(curves[0].events, curves[0].oracle, "k--", label="oracle under the slate rules (first policy's impressions)")
     a.set(title="Cumulative expected reward", xlabel="events", ylabel="sum of completion probability")
     b.set(title="Cumulative regret vs oracle", xlabel="events", ylabel="oracle - policy")
-    for ax in (a, b):
+    for ax in (a, b, r):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -184,6 +192,8 @@ def main() -> None:
     ap.add_argument("--discovery-share", type=float, default=SlateRules().discovery_share,
                     help="share of slate positions kept for discovery candidates (the product default)")
     ap.add_argument("--artist-cap", type=int, default=SlateRules().artist_cap)
+    ap.add_argument("--params", type=json.loads, default={},
+                    help='JSON hyperparameters for every policy run, e.g. \'{"alpha": 0.1}\'')
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +201,8 @@ def main() -> None:
     for name in args.policies.split(","):
         print(f"{name}: running {args.events:,} events (seed {args.seed}, {args.listeners} listeners)", flush=True)
         curves.append(run(name, events=args.events, seed=args.seed, n_listeners=args.listeners,
-                          rules=SlateRules(artist_cap=args.artist_cap, discovery_share=args.discovery_share)))
+                          rules=SlateRules(artist_cap=args.artist_cap, discovery_share=args.discovery_share),
+                          params=dict(args.params)))
     pop = next((c for c in curves if c.policy == "popularity"), None)
     print(f"\n{'policy':<12} {'reward/imp':>10} {'last10k':>8} {'oracle10k':>9} {'%oracle':>8} "
           f"{'regret':>9} {'%pop regret':>11} {'%free oracle':>12} {'seconds':>8}")

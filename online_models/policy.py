@@ -228,15 +228,18 @@ def _allowed(n: int, exclude: np.ndarray | None) -> np.ndarray:
 
 def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0, rules: SlateRules | None = None,
                 n_candidates: int = 200, **params: Any) -> RandomPolicy | HybridPolicy:
-    """A serving policy by name (see POLICIES); ``params`` go to the ranker's constructor."""
+    """A serving policy by name (see POLICIES); ``params`` go to the ranker's constructor, except
+    the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer`` and ``for_you``."""
+    hybrid = {k: params.pop(k) for k in ("layer_bonus", "layer_l2", "listener_layer", "for_you") if k in params}
     if name == "random":
         return RandomPolicy(catalogue, rules)
     if name == "popularity":
         return PopularityPolicy(catalogue, rules, **params)
     rankers = {"linucb": LinUCB, "lints": LinTS, "eps-greedy": EpsilonGreedyLinear}
     if name in rankers:
-        return HybridPolicy(catalogue, rankers[name](N_FEATURES, **params), rules=rules, n_candidates=n_candidates)
+        return HybridPolicy(catalogue, rankers[name](N_FEATURES, **params), rules=rules, n_candidates=n_candidates,
+                            **hybrid)
     if name == "session-dqn":
         return HybridPolicy(catalogue, SessionDQN(N_FEATURES, seed=seed, **params), rules=rules,
-                            n_candidates=n_candidates)
+                            n_candidates=n_candidates, **hybrid)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
