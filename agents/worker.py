@@ -106,9 +106,12 @@ class Metrics:
                                        registry=registry)
         self.rewards = Counter("encore_reward_items_total", "Slate items learned from, by policy and reward sign",
                                ["policy", "sign"], registry=registry)
-        self.reward = Histogram("encore_reward", "Joined reward per slate item the listener reached, by policy "
-                                "(mean = _sum / _count)", ["policy"], registry=registry,
-                                buckets=(-1.0, -0.5, -0.1, 0.0, 0.5, 1.0, 1.5, 2.0))
+        self.reward = Histogram("encore_reward", "Joined reward per slate item the listener reached, by policy",
+                                ["policy"], registry=registry, buckets=(-1.0, -0.5, -0.1, 0.0, 0.5, 1.0, 1.5, 2.0))
+        # a histogram with negative buckets exposes no _sum, so the running sum is a gauge:
+        # mean reward = encore_reward_accumulated / encore_reward_count
+        self.reward_sum = Gauge("encore_reward_accumulated", "Sum of joined rewards, by policy", ["policy"],
+                                registry=registry)
         self.join = Gauge("encore_reward_join", "Reward join counters (decisions, feedback, duplicates, late, "
                           "early, orphaned, closed) and open decisions", ["what"], registry=registry)
         self.deltas = Counter("encore_model_deltas_total", "Model deltas published to / merged from other workers",
@@ -282,6 +285,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                     metrics.rewards.labels(rec.policy_id, "+" if item.reward > 0 else "-" if item.reward < 0
                                            else "0").inc()
                     metrics.reward.labels(rec.policy_id).observe(item.reward)
+                    metrics.reward_sum.labels(rec.policy_id).inc(item.reward)
         for what, value in vars(recommender.join.stats).items():
             metrics.join.labels(what).set(value)
         metrics.join.labels("open").set(len(recommender.join.open))

@@ -172,7 +172,7 @@ def _worker_counts(settings: Settings) -> dict[str, float]:
         if line.startswith("encore_") and not line.startswith("#"):
             name_labels, _, value = line.rpartition(" ")
             name = name_labels.split("{")[0]
-            if name.endswith("_total") or name in ("encore_reward_sum", "encore_reward_count"):
+            if name.endswith("_total") or name in ("encore_reward_accumulated", "encore_reward_count"):
                 key = name_labels if name == "encore_dead_letters_total" else name
                 out[key] = out.get(key, 0.0) + float(value)
     return out
@@ -242,7 +242,7 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
     if worker.get("encore_reward_count"):
         n = worker["encore_reward_count"]
         t.add_row("learning", f"{n:,.0f} slate items joined to their feedback and learned from, mean reward "
-                  f"{worker.get('encore_reward_sum', 0.0) / n:+.2f}; decisions with rewards in "
+                  f"{worker.get('encore_reward_accumulated', 0.0) / n:+.2f}; decisions with rewards in "
                   f"{settings.topic('encore.rewards')}")
     dlq = {k.split('"')[1]: v for k, v in worker.items() if k.startswith("encore_dead_letters_total")}
     injected = sum(stats.bad_injected.values())
