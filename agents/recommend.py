@@ -29,6 +29,7 @@ from schemas.events import Interaction, Kind, Recommendation, RewardItem, Reward
 STEP = "recommend"
 REC_NAMESPACE = uuid.UUID("5f0c1c34-7b0e-4d53-9b0f-2f1f7e6c9a10")
 RECENT_PER_USER = 50
+SNAPSHOT_IDS = 200_000  # recent event ids kept in a snapshot (duplicates across a restart)
 Policy = RandomPolicy | HybridPolicy
 
 
@@ -50,6 +51,18 @@ class RecentIds:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def to_bytes(self, last: int) -> bytes:
+        """The ``last`` most recent ids, 16 bytes each (compact and fast to snapshot)."""
+        ids = list(self._ids)[-last:]
+        return b"".join(u.bytes for u in ids)
+
+    @classmethod
+    def from_bytes(cls, capacity: int, blob: bytes) -> RecentIds:
+        out = cls(capacity)
+        for i in range(0, len(blob), 16):
+            out._ids[uuid.UUID(bytes=blob[i:i + 16])] = None
+        return out
 
 
 def listening_context(event: Interaction) -> ListeningContext:
@@ -152,14 +165,16 @@ class Recommender:
 
     # --- snapshots ---------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        return pickle.dumps({"policy": self.policy.snapshot(), "join": self.join.snapshot(), "seen": self.seen,
-                             "recent": self.recent, "decisions": self.decisions})
+        return pickle.dumps({"policy": self.policy.snapshot(), "join": self.join.snapshot(),
+                             "seen": self.seen.to_bytes(SNAPSHOT_IDS), "recent": self.recent,
+                             "decisions": self.decisions})
 
     def restore(self, blob: bytes) -> None:
         state: dict[str, Any] = pickle.loads(blob)
         self.policy.restore(state["policy"])
         self.join.restore(state["join"])
-        self.seen, self.recent, self.decisions = state["seen"], state["recent"], state["decisions"]
+        self.seen = RecentIds.from_bytes(self.seen.capacity, state["seen"])
+        self.recent, self.decisions = state["recent"], state["decisions"]
 
 
 def reward_record(rec: Recommendation, closed: Closed, now: datetime) -> RewardRecord:

@@ -209,6 +209,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             try:
                 slates = recommender.process(result.events, now)
                 learned = recommender.close(now)  # step reward-join: decisions whose window passed
+                # before any await: a snapshot (taken by a timer) never splits the model from its offsets
+                for r in records:
+                    learning["events_offsets"][r.partition] = max(learning["events_offsets"].get(r.partition, 0),
+                                                                  r.offset + 1)
             except Exception as exc:  # a bug must not stop the stream: park the batch, say why
                 log.exception("recommend step failed; batch parked in the DLQ",
                               extra={"step": "recommend", "partition": records[0].partition,
@@ -271,9 +275,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             metrics.batch.observe(len(records))
             metrics.batch_seconds.observe(time.perf_counter() - started)
             state["batches"] += 1
-            for r in records:
-                learning["events_offsets"][r.partition] = max(learning["events_offsets"].get(r.partition, 0),
-                                                              r.offset + 1)
             learning["last_batch"] = time.monotonic()
 
     async def publish_rewards(learned: Learned) -> list[Any]:

@@ -270,7 +270,14 @@ class RewardJoin:
         return Closed(decision, rewards)
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.__dict__)
+        state = dict(self.__dict__)
+        for name in ("_seen", "_closed"):  # many ids: 16 bytes each instead of pickled UUID objects
+            state[name] = b"".join(u.bytes for u in state[name])
+        return pickle.dumps(state)
 
     def restore(self, blob: bytes) -> None:
-        self.__dict__.update(pickle.loads(blob))
+        state = pickle.loads(blob)
+        for name in ("_seen", "_closed"):
+            raw = state[name]
+            state[name] = OrderedDict((uuid.UUID(bytes=raw[i:i + 16]), None) for i in range(0, len(raw), 16))
+        self.__dict__.update(state)
