@@ -84,25 +84,26 @@ def fill(choose: Chooser, n: int, k: int, rules: SlateRules | None = None,
     only when nothing else is left); at a discovery position, only discovery rows if any remain.
     """
     remaining = np.ones(n, dtype=bool)
+    capped = np.zeros(n, dtype=bool)  # rows whose artist has reached the cap
     counts: dict[int, int] = {}
     disc_pos = rules.discovery_positions(k) if rules is not None and discovery is not None else frozenset()
     order: list[int] = []
     props: list[float] = []
     scores: list[float] = []
     for pos in range(min(k, n)):
-        allowed = remaining.copy()
-        if rules is not None and artists is not None and counts:
-            capped = np.fromiter((a for a, c in counts.items() if c >= rules.artist_cap), dtype=np.int64)
-            if len(capped):
-                ok = allowed & ~np.isin(artists, capped)
-                allowed = ok if ok.any() else allowed
+        allowed = remaining & ~capped
+        if not allowed.any():  # the cap is relaxed only when nothing else is left
+            allowed = remaining.copy()
         if pos in disc_pos:
             ok = allowed & discovery
             allowed = ok if ok.any() else allowed
         i, p, s = choose(allowed)
         remaining[i] = False
         if artists is not None:
-            counts[int(artists[i])] = counts.get(int(artists[i]), 0) + 1
+            a = int(artists[i])
+            counts[a] = counts.get(a, 0) + 1
+            if rules is not None and counts[a] >= rules.artist_cap:
+                capped |= artists == a
         order.append(i)
         props.append(p)
         scores.append(s)
