@@ -22,10 +22,12 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
 import queue
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -142,15 +144,11 @@ class SnapshotStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def save(self, snap: Snapshot) -> None:
-        import pickle
-
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(pickle.dumps(snap))
         os.replace(tmp, self.path)  # atomic: a crash mid-write keeps the previous snapshot
 
     def load(self) -> Snapshot | None:
-        import pickle
-
         if not self.path.exists():
             return None
         try:
@@ -184,7 +182,6 @@ def replay(settings: Settings, topic: str, recommender: Recommender, serde: Serd
     n = 0
     deadline = time.monotonic() + 300
     pending: list[RawRecord] = []
-    from datetime import UTC, datetime
 
     def flush() -> None:
         result = ingest(pending, serde, max_bytes=settings.max_record_bytes, max_events=settings.max_batch_events,

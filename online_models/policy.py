@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -138,21 +138,25 @@ class HybridPolicy:
                   rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
         prof = self.gen.profile(user_id)
         state = self.sessions.get(session_id, ctx)
+        at_decision = replace(state)
+        # the listener layer for the whole catalogue, once: "for-you" and the ranker both use it
+        layer = (self.gen.listener_layer(user_id, np.arange(len(self.catalogue)), self.layer_l2)
+                 if self.listener_layer else None)
 
         def model(every: Candidates) -> np.ndarray:  # the "for-you" generator: exploit scores
             X_all = build_features(self.gen, prof, ctx, every)
             if isinstance(self.ranker, SessionDQN):
-                score = self.ranker.q_values(SessionState(**vars(state)), X_all)
+                score = self.ranker.q_values(at_decision, X_all)
             else:
                 score = X_all @ self.ranker.theta
-            return score + self.gen.listener_layer(user_id, every.idx, self.layer_l2)[0] if self.listener_layer else score
+            return score if layer is None else score + layer[0][every.idx]
 
         cands = self.gen.generate(user_id, ctx, rng, exclude, model=model if self.for_you else None)
         X = build_features(self.gen, prof, ctx, cands)
-        offset, spread = self.gen.listener_layer(user_id, cands.idx, self.layer_l2) if self.listener_layer else (None, None)
-        spread = spread * self.layer_bonus if spread is not None else None
+        offset = layer[0][cands.idx] if layer is not None else None
+        spread = self.layer_bonus * layer[1][cands.idx] if layer is not None else None
         if isinstance(self.ranker, SessionDQN):
-            choose = self.ranker.chooser(X, rng, SessionState(**vars(state)), offset)
+            choose = self.ranker.chooser(X, rng, at_decision, offset)
         else:
             choose = self.ranker.chooser(X, rng, offset, spread)
         order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
@@ -163,7 +167,7 @@ class HybridPolicy:
                       self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx))
             for i, p, s in zip(order, props, scores, strict=True)
         )
-        payload = (X[order].astype(np.float32), SessionState(**vars(state)), user_id, cands.idx[order])
+        payload = (X[order].astype(np.float32), replace(state), user_id, cands.idx[order])
         return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version), payload)
 
     def explain(self, track: int, source: int, anchor: int, ctx: ListeningContext) -> str:
@@ -191,7 +195,7 @@ class HybridPolicy:
         self.gen.observe(user_id, session_id, kind, track_idx, ctx, rating)
         s = self.sessions.states.get(session_id)
         if s is not None and kind in ("play_end", "skip"):
-            s.__dict__.update(vars(s.after(1.0 if kind == "play_end" else -1.0)), position=0)
+            self.sessions.states[session_id] = replace(s.after(1.0 if kind == "play_end" else -1.0), position=0)
 
     def learn(self, payload: Any, rewards: tuple[float | None, ...]) -> int:
         """Learn from one closed slate: rows the listener reached, with their rewards."""
