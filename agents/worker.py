@@ -99,7 +99,8 @@ class Metrics:
                                 "completed / (completed + skipped))", ["policy", "outcome"], registry=registry)
         self.slate_items = Counter("encore_slate_items_total",
                                    "Slate items by policy and candidate source (exploration share = "
-                                   "source=popularity:prior over all)", ["policy", "source"], registry=registry)
+                                   "discovery sources (artist, gems, explore, popularity:prior) over all)",
+                                   ["policy", "source"], registry=registry)
         self.lag = Gauge("encore_consumer_lag_messages", "Records not yet read, per events partition",
                          ["partition"], registry=registry)
         self.batch_seconds = Histogram("encore_batch_seconds", "Time to process and deliver one batch",
