@@ -33,36 +33,63 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from agents.gamify import DAY_MS, Effect, Rules, week_of
 
 PREFIX = "enc"
 WEEKLY_TTL_S = 5 * 7 * 86_400
+CHUNK_EVENTS = 150  # events per APPLY call on one Redis: small enough to overlap encoding with Redis
 
 APPLY = r"""
--- One listener's batch, aggregated by the client (see _Batch): ARGV = rules (JSON), batch
--- (JSON), now_ms. Either every event of the batch is new and all of it is applied, or nothing
--- is written and the already-applied ids come back ({'dup', ids}) for the client to drop
--- before it sends the rest again. Check and apply are one atomic script.
-local args = cjson.decode(ARGV[1])
-local b = cjson.decode(ARGV[2])
-local now = tonumber(ARGV[3])
-local S, M, D, ACH, AV = KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[8]
-local setkey = {artists = KEYS[3], genres = KEYS[4], playlists = KEYS[5]}
+-- Every listener of a batch (of one cluster slot, on Redis Cluster) in one call. KEYS: 3 per
+-- listener (user_keys); ARGV = now_ms, batches (JSON: one per listener, aggregated by the client,
+-- see _Batch). The rules are baked into the script text (RULES), so they are decoded once per
+-- call. Per listener, either every event of its batch is new and all of it is applied, or
+-- nothing of that listener is written and the already-applied ids come back ({'dup', ids}) for
+-- the client to drop before it sends the rest again. Check and apply are one atomic script.
+local args = RULES
+local now = tonumber(ARGV[1])
 local horizon, gap, bonus, floor = args.horizon_ms, args.link_gap, args.streak_bonus, args.floor
+-- numbers go to Redis as integer strings (a Lua number would be formatted with %.17g, slower)
+local function N(v) return string.format('%d', v) end
+-- ARGV[3]: the boards' key prefix when they are written here, in the same step (one Redis);
+-- '' when the client writes them with BOARD (Redis Cluster: boards live in other slots)
+local LB, expire = ARGV[3], {}  -- ARGV[4]: the weekly boards' time to live (s)
+local function board(key, score, user)
+  -- a score of 0 is no entry: a board holds the same members whatever path led there
+  if score == 0 then redis.call('ZREM', key, user) else redis.call('ZADD', key, N(score), user) end
+end
+local SETS = {artists = 'a:', genres = 'g:', playlists = 'p:'}  -- field prefixes in the state hash
+-- the state fields every listener's batch reads (achievement flags x:<id> / avatar flags v:<item>
+-- are read only when an achievement's target or a tier is reached)
+local FIELDS = {'karma', 'earned', 'seq', 'best_streak'}
+do
+  local seen = {karma = true, earned = true, seq = true, best_streak = true}
+  for c, _ in pairs(args.challenges) do if c ~= '_' then FIELDS[#FIELDS + 1] = 'ch:' .. c end end
+  for _, a in ipairs(args.achievements) do
+    if not seen[a[2]] then seen[a[2]] = true; FIELDS[#FIELDS + 1] = a[2] end
+  end
+end
+local function week(day) return math.floor((day - 1) / 7) end
+local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
+
+local function apply_one(k, b)
+local S, M, D = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
 
 local scores = redis.call('ZMSCORE', M, unpack(b.ids))
 local dups = {}
 for i, id in ipairs(b.ids) do if scores[i] then dups[#dups + 1] = id end end
 if #dups > 0 then return {'dup', dups} end
-redis.call('ZREMRANGEBYSCORE', M, '-inf', now - horizon)
+redis.call('ZREMRANGEBYSCORE', M, '-inf', N(now - horizon))
 local marks = {}
-for i, id in ipairs(b.ids) do marks[#marks + 1] = math.max(b.ats[i], now); marks[#marks + 1] = id end
+for i, id in ipairs(b.ids) do marks[#marks + 1] = N(math.max(b.ats[i], now)); marks[#marks + 1] = id end
 for i = 1, #marks, 4000 do redis.call('ZADD', M, unpack(marks, i, math.min(i + 3999, #marks))) end
 
 -- the state hash is cached here: each field read at most once, written back once at the end
@@ -73,19 +100,19 @@ local function get(f)
   return v
 end
 local function add(f, n) if n ~= 0 then st[f] = get(f) + n; dirty[f] = true end end
+local function set(f, v) st[f] = v; dirty[f] = true end
 do  -- one HMGET for every field this batch is known to read
-  local fields = {'karma', 'earned', 'seq', 'best_streak'}
+  local fields = {unpack(FIELDS)}
   for w, _ in pairs(b.weeks) do fields[#fields + 1] = 'wk:' .. w end
   for g, _ in pairs(b.genres) do fields[#fields + 1] = 'gk:' .. g end
   for stat, _ in pairs(b.incr) do fields[#fields + 1] = stat end
-  for c, spec in pairs(args.challenges) do fields[#fields + 1] = 'ch:' .. c end
-  for _, a in ipairs(args.achievements) do fields[#fields + 1] = a[2] end
-  for _, list in pairs(b.members) do if list[1] then fields[#fields + 1] = list[1][2] end end
+  for name, list in pairs(b.members) do
+    if list[1] then fields[#fields + 1] = list[1][2] end
+    for _, m in ipairs(list) do fields[#fields + 1] = SETS[name] .. m[1] end
+  end
   local values = redis.call('HMGET', S, unpack(fields))
   for i, f in ipairs(fields) do st[f] = tonumber(values[i] or '0') end
 end
-local function week(day) return math.floor((day - 1) / 7) end
-local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
 local function progress(stat, at, n)
   for c, spec in pairs(args.challenges) do
     if spec[1] == stat and at >= spec[2] and at < spec[3] then add('ch:' .. c, n) end
@@ -114,24 +141,20 @@ for c, n in pairs(b.ch) do add('ch:' .. c, n) end
 local bonus_members = {}
 for name, list in pairs(b.members) do
   if #list > 0 then
-    local names = {}
-    for i, m in ipairs(list) do names[i] = m[1] end
-    local met = redis.call('ZMSCORE', setkey[name], unpack(names))
-    local changed = {}
-    for i, m in ipairs(list) do
+    for _, m in ipairs(list) do
       local member, stat, v, at = m[1], m[2], m[3], m[4]
-      local first_met = tonumber(met[i])
-      if not first_met then
-        changed[#changed + 1] = at; changed[#changed + 1] = member
+      local field = SETS[name] .. member
+      local first_met = get(field)
+      if first_met == 0 then
+        set(field, at)
         add(stat, 1); book(week_at(at), v); delta = delta + v; gain = gain + v; progress(stat, at, 1)
         if v ~= 0 then bonus_members[#bonus_members + 1] = name .. '\t' .. member end
       elseif at < first_met then
-        changed[#changed + 1] = at; changed[#changed + 1] = member
+        set(field, at)
         book(week_at(first_met), -v); book(week_at(at), v)
         progress(stat, first_met, -1); progress(stat, at, 1)
       end
     end
-    for i = 1, #changed, 4000 do redis.call('ZADD', setkey[name], unpack(changed, i, math.min(i + 3999, #changed))) end
   end
 end
 
@@ -139,7 +162,7 @@ end
 -- streak bonus, booked to the week of its later day
 local day_bonus = {}
 for _, day in ipairs(b.days) do
-  if redis.call('ZADD', D, 'NX', day, day) == 1 then
+  if redis.call('ZADD', D, 'NX', N(day), N(day)) == 1 then
     local p, n = neighbour(day, -1), neighbour(day, 1)
     local links = 0
     if p and day - p <= gap then book(week(day), bonus); links = links + 1 end
@@ -160,14 +183,15 @@ add('seq', #b.ids)
 local earned = get('earned')
 
 local unlocked = {}
-local achieved = {}
-for _, a in ipairs(redis.call('SMEMBERS', ACH)) do achieved[a] = true end
+local function unlock(item)
+  if get('v:' .. item) == 0 then set('v:' .. item, 1); unlocked[#unlocked + 1] = 'avatar:' .. item end
+end
 for _, a in ipairs(args.achievements) do
-  if not achieved[a[1]] then
+  if get('x:' .. a[1]) == 0 then
     local value = (a[2] == 'karma') and earned or get(a[2])
     if value >= a[3] then
-      redis.call('SADD', ACH, a[1]); unlocked[#unlocked + 1] = 'achievement:' .. a[1]
-      if a[4] ~= '' and redis.call('SADD', AV, a[4]) == 1 then unlocked[#unlocked + 1] = 'avatar:' .. a[4] end
+      set('x:' .. a[1], 1); unlocked[#unlocked + 1] = 'achievement:' .. a[1]
+      if a[4] ~= '' then unlock(a[4]) end
     end
   end
 end
@@ -176,41 +200,79 @@ local tier = ''
 for _, t in ipairs(args.tiers) do
   if earned >= t[2] then
     tier = t[1]
-    if (first or t[2] > earned_before) and redis.call('SADD', AV, t[3]) == 1 then
-      unlocked[#unlocked + 1] = 'avatar:' .. t[3]
-    end
+    if first or t[2] > earned_before then unlock(t[3]) end
   end
 end
 
 -- write back; fields back at zero are removed, so the state never depends on the path taken
 local hset, hdel = {}, {}
 for f, _ in pairs(dirty) do
-  if st[f] == 0 then hdel[#hdel + 1] = f else hset[#hset + 1] = f; hset[#hset + 1] = st[f] end
+  if st[f] == 0 then hdel[#hdel + 1] = f else hset[#hset + 1] = f; hset[#hset + 1] = N(st[f]) end
 end
 for i = 1, #hset, 4000 do redis.call('HSET', S, unpack(hset, i, math.min(i + 3999, #hset))) end
 for i = 1, #hdel, 4000 do redis.call('HDEL', S, unpack(hdel, i, math.min(i + 3999, #hdel))) end
-local week_scores, genre_scores = {}, {}
-for w, _ in pairs(weeks) do week_scores[tostring(w)] = get('wk:' .. w) end
-for g, _ in pairs(genres) do genre_scores[g] = get('gk:' .. g) end
-return {'ok', cjson.encode({raw_before = raw_before, raw = get('karma'), seq = get('seq'), tier = tier,
-  weeks = week_scores, genres = genre_scores, unlocked = unlocked, bonus_members = bonus_members,
-  day_bonus = day_bonus})}
+local reply = {raw_before = raw_before, raw = get('karma'), seq = get('seq'), tier = tier, unlocked = unlocked,
+  bonus_members = bonus_members, day_bonus = day_bonus, old_rank = -1, new_rank = -1}
+if LB == '' then  -- the client writes the boards (Redis Cluster): it needs the scores
+  reply.weeks, reply.genres = {}, {}
+  for w, _ in pairs(weeks) do reply.weeks[tostring(w)] = get('wk:' .. w) end
+  for g, _ in pairs(genres) do reply.genres[g] = get('gk:' .. g) end
+else  -- boards in the same atomic step: always the listener's latest scores
+  local karma, before = math.max(floor, reply.raw), math.max(floor, raw_before)
+  if karma ~= before then  -- (an unchanged score keeps its entry and its rank)
+    local g = LB .. '{global}'
+    reply.old_rank = redis.call('ZREVRANK', g, b.user) or -1
+    board(g, karma, b.user)
+    reply.new_rank = redis.call('ZREVRANK', g, b.user) or -1
+  end
+  if b.cohort ~= '' then board(LB .. '{cohort:' .. b.cohort .. '}', karma, b.user) end
+  for w, _ in pairs(weeks) do local key = LB .. '{weekly:' .. w .. '}'; board(key, get('wk:' .. w), b.user); expire[key] = true end
+  for name, _ in pairs(genres) do board(LB .. '{genre:' .. name .. '}', get('gk:' .. name), b.user) end
+end
+return {'ok', reply}
+end
+
+local out = {}
+for i, b in ipairs(cjson.decode(ARGV[2])) do out[i] = apply_one((i - 1) * 3, b) end
+for key, _ in pairs(expire) do redis.call('EXPIRE', key, ARGV[4]) end
+return cjson.encode(out)
 """
 
 BOARD = r"""
-local out = {}
-for _, u in ipairs(cjson.decode(ARGV[1])) do
-  local v = tonumber(redis.call('HGET', KEYS[2], u[1]) or '-1')
-  if u[3] > v then
-    local old = redis.call('ZREVRANK', KEYS[1], u[1])
+-- One board, every listener of the batch on it: ARGV = updates (JSON [member, score, version]),
+-- ttl (0: none), ranks ('1': return each moved listener's rank before and after the batch).
+-- A score is set only if its version (the listener's seq) is newer than the one on the board,
+-- so a late or repeated update never overwrites a newer one.
+local upd = cjson.decode(ARGV[1])
+local ttl, ranks = tonumber(ARGV[2]), ARGV[3] == '1'
+local B, V = KEYS[1], KEYS[2]
+local function chunks(cmd, key, list)
+  for i = 1, #list, 4000 do redis.call(cmd, key, unpack(list, i, math.min(i + 3999, #list))) end
+end
+local members = {}
+for i, u in ipairs(upd) do members[i] = u[1] end
+local versions = {}
+for i = 1, #members, 4000 do
+  local part = redis.call('HMGET', V, unpack(members, i, math.min(i + 3999, #members)))
+  for j, v in ipairs(part) do versions[i + j - 1] = v end
+end
+local fresh, zadd, zrem, hset = {}, {}, {}, {}
+for i, u in ipairs(upd) do
+  if u[3] > tonumber(versions[i] or '-1') then
+    fresh[#fresh + 1] = u[1]
     -- a score of 0 is no entry: a board holds the same members whatever path led there
-    if u[2] == 0 then redis.call('ZREM', KEYS[1], u[1]) else redis.call('ZADD', KEYS[1], u[2], u[1]) end
-    redis.call('HSET', KEYS[2], u[1], u[3])
-    out[#out + 1] = {u[1], old or -1, redis.call('ZREVRANK', KEYS[1], u[1]) or -1}
+    if u[2] == 0 then zrem[#zrem + 1] = u[1] else zadd[#zadd + 1] = u[2]; zadd[#zadd + 1] = u[1] end
+    hset[#hset + 1] = u[1]; hset[#hset + 1] = u[3]
   end
 end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl); redis.call('EXPIRE', KEYS[2], ttl) end
+local old = {}
+if ranks then for i, m in ipairs(fresh) do old[i] = redis.call('ZREVRANK', B, m) or -1 end end
+chunks('ZADD', B, zadd); chunks('ZREM', B, zrem); chunks('HSET', V, hset)
+if ttl > 0 then redis.call('EXPIRE', B, ttl); redis.call('EXPIRE', V, ttl) end
+local out = {}
+if ranks then
+  for i, m in ipairs(fresh) do out[i] = {m, old[i], redis.call('ZREVRANK', B, m) or -1} end
+end
 if #out == 0 then return '[]' end
 return cjson.encode(out)
 """
@@ -248,7 +310,7 @@ class _Batch:
                 other.add(e)
         return other
 
-    def payload(self) -> str:
+    def payload(self, user: str) -> dict[str, Any]:
         weeks: dict[int, int] = defaultdict(int)
         genres: dict[str, int] = defaultdict(int)
         incr: dict[str, int] = defaultdict(int)
@@ -275,13 +337,14 @@ class _Batch:
             if e.listening_day:
                 days.add(e.day)
         # (cjson reads an empty object as an empty array and the reverse: "_" keeps them objects)
-        return json.dumps({
+        return {
+            "user": user, "cohort": self.cohort or "",
             "ids": [e.event_id for e in self.effects], "ats": [e.at_ms for e in self.effects],
             "karma": karma, "gain": gain, "weeks": {str(w): v for w, v in weeks.items()} or {"_": 0},
             "genres": genres or {"_": 0}, "incr": incr or {"_": 0}, "ch": ch or {"_": 0},
             "members": {n: list(m.values()) for n, m in members.items()} or {"_": []},
             "days": sorted(days),
-        }, separators=(",", ":"))
+        }
 
     def outputs(self, user: str, reply: dict[str, Any], floor: int, now: datetime,
                 into: list[dict[str, Any]]) -> None:
@@ -323,10 +386,28 @@ class _Batch:
                          "karma_total": shown, f"{kind}_unlocked": name})
 
 
+def lua_literal(value: Any) -> str:
+    """A JSON-like value as Lua source: the rules are baked into the script this way, so a call
+    builds them from constants instead of decoding them."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{lua_literal(str(k))}] = {lua_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "{" + ", ".join(lua_literal(v) for v in value) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # printable characters as they are (UTF-8), quotes, backslashes and the rest as \ddd bytes
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else "".join(f"\\{b:03d}" for b in c.encode())
+                             for c in value) + '"'
+    raise TypeError(f"no Lua literal for {type(value).__name__}")
+
+
 def user_keys(user: str, prefix: str = PREFIX) -> list[str]:
+    """The listener's keys, in the order APPLY takes them: state hash, event marks, days."""
     tag = f"{prefix}:{{{user}}}"
-    return [f"{tag}:s", f"{tag}:m", f"{tag}:artists", f"{tag}:genres", f"{tag}:playlists",
-            f"{tag}:days", f"{tag}:ach", f"{tag}:av"]
+    return [f"{tag}:s", f"{tag}:m", f"{tag}:days"]
 
 
 def board_key(board: str, prefix: str = PREFIX) -> str:
@@ -345,15 +426,87 @@ class Applied:
 class GamificationStore:
     """Applies effects to Redis and reads profiles and boards back."""
 
-    def __init__(self, client: redis.Redis, rules: Rules, prefix: str = PREFIX, retries: int = 3) -> None:
+    def __init__(self, client: redis.Redis, rules: Rules, prefix: str = PREFIX, retries: int = 3,
+                 cluster: bool | None = None) -> None:
         self.redis = client
+        # on one Redis the boards are written by APPLY itself; on Redis Cluster by a second pass
+        self.cluster = isinstance(client, redis.RedisCluster) if cluster is None else cluster
         self.rules = rules
         self.prefix = prefix
         self.retries = retries
-        self._apply = client.register_script(APPLY)
+        # the rules are baked into the script (a Lua long string), so each call decodes them once
+        self._apply = client.register_script(APPLY.replace("= RULES", "= " + lua_literal(json.loads(rules.lua_args)), 1))
         self._board = client.register_script(BOARD)
 
     # --- write side ---------------------------------------------------------------------
+    def _exchange(self, users: list[str], pending: dict[str, _Batch],
+                  now_ms: int) -> Iterator[tuple[list[str], list[Any]]]:
+        """Run APPLY over these listeners; yield (listeners, their replies) group by group.
+
+        One Redis: the listeners go in chunks of about CHUNK_EVENTS events over one connection.
+        Every chunk is sent before the first reply is read, so Redis runs a chunk while this
+        process encodes the next one and reads the results of the last. Redis Cluster: one call
+        per hash slot (a script may only touch keys of one slot), in one cluster pipeline."""
+        if self.cluster:
+            by_slot: dict[int, list[str]] = defaultdict(list)
+            for u in users:
+                by_slot[key_slot(user_keys(u, self.prefix)[0].encode())].append(u)
+            groups = list(by_slot.values())
+            pipe = self.redis.pipeline(transaction=False)
+            for group in groups:
+                self._apply(keys=self._keys(group), args=[now_ms, self._body(group, pending), "", WEEKLY_TTL_S],
+                            client=pipe)
+            for group, replies in zip(groups, pipe.execute(), strict=True):
+                yield group, json.loads(replies)
+            return
+        groups, group, size = [], [], 0
+        for u in users:
+            group.append(u)
+            size += len(pending[u].effects)
+            if size >= CHUNK_EVENTS:
+                groups.append(group)
+                group, size = [], 0
+        if group:
+            groups.append(group)
+        boards = f"{self.prefix}:lb:"
+        conn = self.redis.connection_pool.get_connection()
+        try:
+            for group in groups:
+                keys = self._keys(group)
+                conn.send_command("EVALSHA", self._apply.sha, len(keys), *keys, now_ms, self._body(group, pending),
+                                  boards, WEEKLY_TTL_S)
+            replies = [conn.read_response() for _ in groups[:1]]  # NOSCRIPT shows on the first
+        except redis.exceptions.NoScriptError:
+            for _ in groups[1:]:  # drain the rest, load the script, and run the round again
+                try:
+                    conn.read_response()
+                except redis.exceptions.NoScriptError:
+                    pass
+            self.redis.connection_pool.release(conn)
+            self.redis.script_load(self._apply.script)
+            yield from self._exchange(users, pending, now_ms)
+            return
+        except BaseException:
+            conn.disconnect()
+            self.redis.connection_pool.release(conn)
+            raise
+        try:
+            yield groups[0], json.loads(replies[0])
+            for group in groups[1:]:
+                yield group, json.loads(conn.read_response())
+        except BaseException:
+            conn.disconnect()  # replies may be left unread on this connection
+            raise
+        finally:
+            self.redis.connection_pool.release(conn)
+
+    def _keys(self, users: list[str]) -> list[str]:
+        return [k for u in users for k in user_keys(u, self.prefix)]
+
+    @staticmethod
+    def _body(users: list[str], pending: dict[str, _Batch]) -> str:
+        return json.dumps([pending[u].payload(u) for u in users], separators=(",", ":"))
+
     def apply(self, effects: list[Effect], now: datetime | None = None) -> Applied:
         """Apply a batch: one pipeline of per-listener scripts, one of board updates.
         Retries with backoff on connection errors (safe: every step is idempotent)."""
@@ -383,31 +536,49 @@ class GamificationStore:
             if not batch.add(e):
                 out.duplicates += 1
         done: dict[str, tuple[_Batch, dict[str, Any]]] = {}
+        floor = self.rules.karma["floor"]
         for _ in range(5):  # one more round per redelivery found: already-applied ids are dropped
             users = [u for u, b in pending.items() if b.effects]
             if not users:
                 break
-            pipe = self.redis.pipeline(transaction=False)
-            for user in users:
-                self._apply(keys=user_keys(user, self.prefix),
-                            args=[self.rules.lua_args, pending[user].payload(), now_ms], client=pipe)
             retry: dict[str, _Batch] = {}
-            for user, (status, body) in zip(users, pipe.execute(), strict=True):
-                if status == b"ok":
-                    done[user] = (pending[user], json.loads(body))
-                else:
-                    already = {i.decode() for i in body}
-                    out.duplicates += len(already)
-                    retry[user] = pending[user].without(already)
+            for group, replies in self._exchange(users, pending, now_ms):
+                for user, (status, body) in zip(group, replies, strict=True):
+                    batch = pending[user]
+                    if status == "ok":
+                        done[user] = (batch, body)
+                        out.applied += len(batch.effects)
+                        batch.outputs(user, body, floor, now, out.outputs)
+                    else:
+                        already = set(body)
+                        out.duplicates += len(already)
+                        retry[user] = batch.without(already)
             pending = retry
         else:
             raise RuntimeError("listener batches kept meeting concurrent writers; retry the batch")
 
+        ranks = self._write_boards(done) if self.cluster else {
+            user: (reply["old_rank"], reply["new_rank"]) for user, (_, reply) in done.items()}
+        for user, (old, new) in ranks.items():
+            old_rank = None if old < 0 else old + 1
+            if new >= 0 and old_rank != new + 1:
+                batch, reply = done[user]
+                out.rank_changes[user] = (old_rank, new + 1)
+                out.outputs.append({
+                    "event_id": batch.effects[-1].event_id, "user_id": user, "karma_delta": 0,
+                    "karma_total": max(floor, reply["raw"]), "tier": None,
+                    "achievement_unlocked": None, "avatar_unlocked": None, "board": "global",
+                    "old_rank": old_rank, "new_rank": new + 1, "created_at": now,
+                })
+        return out
+
+    def _write_boards(self, done: dict[str, tuple[_Batch, dict[str, Any]]]) -> dict[str, tuple[int, int]]:
+        """Redis Cluster: boards live in other slots than the listeners, so they are written in
+        a second pass, one BOARD call per board, guarded by the listeners' seq. Returns each
+        moved listener's global rank (0-based, -1: absent) before and after the batch."""
         boards: dict[str, list[list[Any]]] = defaultdict(list)
         floor = self.rules.karma["floor"]
         for user, (batch, reply) in done.items():
-            out.applied += len(batch.effects)
-            batch.outputs(user, reply, floor, now, out.outputs)
             seq, karma = reply["seq"], max(floor, reply["raw"])
             boards["global"].append([user, karma, seq])
             if batch.cohort:
@@ -416,42 +587,30 @@ class GamificationStore:
                 boards[f"weekly:{wk}"].append([user, value, seq])
             for genre, value in (reply["genres"] or {}).items():
                 boards[f"genre:{genre}"].append([user, value, seq])
-        if boards:
-            names = list(boards)
-            pipe = self.redis.pipeline(transaction=False)
-            for name in names:
-                key = board_key(name, self.prefix)
-                ttl = WEEKLY_TTL_S if name.startswith("weekly:") else 0
-                self._board(keys=[key, f"{key}:v"], args=[json.dumps(boards[name]), ttl], client=pipe)
-            for name, reply in zip(names, pipe.execute(), strict=True):
-                if name != "global":
-                    continue
-                for user, old, new in json.loads(reply):
-                    old_rank = None if old < 0 else old + 1
-                    if new >= 0 and old_rank != new + 1:
-                        batch, summary = done[user]
-                        out.rank_changes[user] = (old_rank, new + 1)
-                        out.outputs.append({
-                            "event_id": batch.effects[-1].event_id, "user_id": user, "karma_delta": 0,
-                            "karma_total": max(floor, summary["raw"]), "tier": None,
-                            "achievement_unlocked": None, "avatar_unlocked": None, "board": "global",
-                            "old_rank": old_rank, "new_rank": new + 1, "created_at": now,
-                        })
-        return out
+        names = list(boards)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            key = board_key(name, self.prefix)
+            ttl = WEEKLY_TTL_S if name.startswith("weekly:") else 0
+            ranks = 1 if name == "global" else 0  # rank changes are reported for the global board
+            self._board(keys=[key, f"{key}:v"], args=[json.dumps(boards[name]), ttl, ranks], client=pipe)
+        replies = dict(zip(names, pipe.execute(), strict=True))
+        return {user: (old, new) for user, old, new in json.loads(replies.get("global", "[]"))}
 
     # --- read side ----------------------------------------------------------------------
     def profile(self, user: str, today: int | None = None) -> dict[str, Any]:
         """Karma, tier, avatar items, streak, achievements and challenges with progress.
         ``today`` (a local day ordinal) decides whether the streak is still alive; default:
         the listener's last listening day."""
-        s, _, _, _, _, d, ach, av = user_keys(user, self.prefix)
+        s, _, d = user_keys(user, self.prefix)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(s)
-        pipe.smembers(ach)
-        pipe.smembers(av)
         pipe.zrevrange(d, 0, 400)
-        stats_raw, achieved, avatars, days = pipe.execute()
-        stats = {k.decode(): int(v) for k, v in stats_raw.items()}
+        state, days = pipe.execute()
+        fields = {k.decode(): int(v) for k, v in state.items()}
+        stats = {k: v for k, v in fields.items() if not k.startswith(("a:", "g:", "p:", "x:", "v:"))}
+        achieved_s = {k[2:] for k in fields if k.startswith("x:")}
+        avatars = sorted(k[2:] for k in fields if k.startswith("v:"))
         earned = stats.get("earned", 0)
         floor = self.rules.karma["floor"]
         days_i = [int(x) for x in days]
@@ -463,14 +622,13 @@ class GamificationStore:
                 if a - b > gap:
                     break
                 streak += 1
-        achieved_s = {x.decode() for x in achieved}
         tier = next((t.name for t in reversed(self.rules.tiers) if earned >= t.min_karma), None)
         return {
             "user_id": user,
             "karma": max(floor, stats.get("karma", 0)),
             "earned": earned,
             "tier": tier,
-            "avatar_items": sorted(x.decode() for x in avatars),
+            "avatar_items": avatars,
             "streak": streak,
             "best_streak": stats.get("best_streak", 0),
             "achievements": [

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from agents.gamify import Effect, Rules, effect_for
 from schemas.events import GamificationEvent, Interaction, Kind
-from sinks.gamification import GamificationStore, board_key, weekly_board
+from sinks.gamification import CHUNK_EVENTS, GamificationStore, board_key, weekly_board
 from streams.simulator import synthetic_catalogue
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,13 @@ def client(settings) -> redis.Redis:  # type: ignore[no-untyped-def]
     return redis.Redis.from_url(settings.redis_url)
 
 
-def store(client: redis.Redis, rules: Rules = RULES) -> GamificationStore:
-    return GamificationStore(client, rules, prefix=f"t{uuid.uuid4().hex[:8]}")
+def store(client: redis.Redis, rules: Rules = RULES, cluster: bool = False) -> GamificationStore:
+    """cluster=True takes the Redis Cluster path (one script call per hash slot, boards written
+    in a second pass) on the same single Redis; the default writes boards inside APPLY."""
+    return GamificationStore(client, rules, prefix=f"t{uuid.uuid4().hex[:8]}", cluster=cluster)
+
+
+MODES = pytest.mark.parametrize("cluster", [False, True], ids=["one-redis", "cluster-path"])
 
 
 def dump(s: GamificationStore) -> dict:
@@ -81,21 +86,22 @@ def effects(events: list[Interaction], rules: Rules = RULES) -> list[Effect]:
     return [f for f in (effect_for(e, rules, CAT) for e in events) if f]
 
 
-def test_redelivery_shuffle_and_split_give_identical_state(client) -> None:  # type: ignore[no-untyped-def]
+@MODES
+def test_redelivery_shuffle_and_split_give_identical_state(client, cluster) -> None:  # type: ignore[no-untyped-def]
     effs = effects(history())
-    reference = store(client)
+    reference = store(client, cluster=cluster)
     first = reference.apply(effs, NOW)
     assert first.applied == len(effs) and first.duplicates == 0
     again = reference.apply(effs, NOW)  # the same batch delivered twice
     assert again.applied == 0 and again.duplicates == len(effs) and again.outputs == []
     want = dump(reference)
 
-    shuffled = store(client)
+    shuffled = store(client, cluster=cluster)
     effs_shuffled = effs[:]
     random.Random(3).shuffle(effs_shuffled)
     shuffled.apply(effs_shuffled, NOW)
 
-    split = store(client)
+    split = store(client, cluster=cluster)
     rng = random.Random(4)
     i = 0
     while i < len(effs):
@@ -108,13 +114,14 @@ def test_redelivery_shuffle_and_split_give_identical_state(client) -> None:  # t
         assert dump(other) == want
 
 
-def test_concurrent_workers_with_overlapping_batches_never_double_count(client) -> None:  # type: ignore[no-untyped-def]
+@MODES
+def test_concurrent_workers_with_overlapping_batches_never_double_count(client, cluster) -> None:  # type: ignore[no-untyped-def]
     effs = effects(history(users=8, seed=7))
-    reference = store(client)
+    reference = store(client, cluster=cluster)
     reference.apply(effs, NOW)
     want = dump(reference)
 
-    shared = store(client)
+    shared = store(client, cluster=cluster)
     errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
@@ -122,7 +129,8 @@ def test_concurrent_workers_with_overlapping_batches_never_double_count(client) 
         mine = [e for e in effs if rng.random() < 0.7]  # overlapping subsets
         rng.shuffle(mine)
         try:
-            own = GamificationStore(redis.Redis(connection_pool=client.connection_pool), RULES, prefix=shared.prefix)
+            own = GamificationStore(redis.Redis(connection_pool=client.connection_pool), RULES, prefix=shared.prefix,
+                                    cluster=cluster)
             for i in range(0, len(mine), 25):
                 own.apply(mine[i:i + 25], NOW)
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -136,6 +144,32 @@ def test_concurrent_workers_with_overlapping_batches_never_double_count(client) 
     assert not errors
     shared.apply(effs, NOW)  # whatever no thread happened to pick
     assert dump(shared) == want
+
+
+def test_both_write_paths_give_the_same_state(client) -> None:  # type: ignore[no-untyped-def]
+    """Boards written inside APPLY (one Redis) and by the BOARD pass (Redis Cluster) agree, and
+    batches larger than one APPLY call (CHUNK_EVENTS) are split without changing anything."""
+    effs = effects(history(users=12, days=12, seed=5))
+    assert len(effs) > 2 * CHUNK_EVENTS
+    one, cluster = store(client), store(client, cluster=True)
+    one.apply(effs, NOW)
+    cluster.apply(effs, NOW)
+    assert dump(one) == dump(cluster)
+    assert [one.top(b, 50) for b in ("global", "cohort:c1")] == [cluster.top(b, 50) for b in ("global", "cohort:c1")]
+
+
+def test_a_flushed_script_cache_is_reloaded(client) -> None:  # type: ignore[no-untyped-def]
+    """After a Redis restart or SCRIPT FLUSH the first call meets NOSCRIPT: the store loads the
+    script and runs the round again, and the connection stays usable."""
+    effs = effects(history(users=10, days=12, seed=6))
+    s = store(client)
+    s.apply(effs[: len(effs) // 2], NOW)
+    client.script_flush()
+    result = s.apply(effs, NOW)
+    assert (result.applied, result.duplicates) == (len(effs) - len(effs) // 2, len(effs) // 2)
+    reference = store(client)
+    reference.apply(effs, NOW)
+    assert dump(s) == dump(reference)
 
 
 def expected_karma(effs: list[Effect], rules: Rules) -> int:
@@ -218,8 +252,9 @@ def test_stale_events_are_refused_and_reported(client) -> None:  # type: ignore[
     assert s.profile("b")["stats"]["listens"] == 1
 
 
-def test_leaderboards_top_rank_around_and_ties(client) -> None:  # type: ignore[no-untyped-def]
-    s = store(client)
+@MODES
+def test_leaderboards_top_rank_around_and_ties(client, cluster) -> None:  # type: ignore[no-untyped-def]
+    s = store(client, cluster=cluster)
     events = []
     for u, n in (("ann", 5), ("bob", 3), ("cat", 3), ("dan", 1), ("eve", 4)):
         events += [_listen(u, 0, track_id=CAT.track_ids[0], context={"cohort": "crew"} if u in "ann bob" else {})
