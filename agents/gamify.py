@@ -142,6 +142,7 @@ class Effect:
     listening_day: bool = False  # counts toward streaks
     genre: str | None = None
     cohort: str | None = None
+    id_bytes: bytes = b""  # the event id's 16 bytes (the dedupe mark in Redis)
 
 
 def week_of(at: datetime) -> int:
@@ -199,4 +200,5 @@ def effect_for(event: Interaction, rules: Rules, catalogue: Catalogue | None = N
         event_id=str(event.event_id), user_id=event.user_id, at_ms=int(at.timestamp() * 1000),
         day=local.date().toordinal(), karma=karma, incr=incr, sets=tuple(sets),
         listening_day=listening_day, genre=genre, cohort=event.context.cohort,
+        id_bytes=event.event_id.bytes,
     )

@@ -62,16 +62,29 @@ local function N(v) return string.format('%d', v) end
 -- ARGV[3]: the boards' key prefix when they are written here, in the same step (one Redis);
 -- '' when the client writes them with BOARD (Redis Cluster: boards live in other slots)
 local LB, expire = ARGV[3], {}  -- ARGV[4]: the weekly boards' time to live (s)
+-- ARGV[5]: the event ids, 16 bytes each, listener after listener (in the order of ARGV[2])
+local BLOB, pos = ARGV[5], 1
+local GLOBAL = LB .. '{global}'
+-- board writes are gathered per board and made once per call, after every listener (each
+-- listener appears once per call, so no two writes of one member meet)
+local zadd, zrem, moved = {}, {}, {}
 local function board(key, score, user)
   -- a score of 0 is no entry: a board holds the same members whatever path led there
-  if score == 0 then redis.call('ZREM', key, user) else redis.call('ZADD', key, N(score), user) end
+  local into, item = zadd, {N(score), user}
+  if score == 0 then into, item = zrem, {user} end
+  local list = into[key]
+  if not list then list = {}; into[key] = list end
+  for _, x in ipairs(item) do list[#list + 1] = x end
+end
+local function chunks(cmd, key, list)
+  for i = 1, #list, 4000 do redis.call(cmd, key, unpack(list, i, math.min(i + 3999, #list))) end
 end
 local SETS = {artists = 'a:', genres = 'g:', playlists = 'p:'}  -- field prefixes in the state hash
 -- the state fields every listener's batch reads (achievement flags x:<id> / avatar flags v:<item>
 -- are read only when an achievement's target or a tier is reached)
-local FIELDS = {'karma', 'earned', 'seq', 'best_streak'}
+local FIELDS = {'karma', 'earned', 'seq', 'best_streak', 'last_day'}
 do
-  local seen = {karma = true, earned = true, seq = true, best_streak = true}
+  local seen = {karma = true, earned = true, seq = true, best_streak = true, last_day = true}
   for c, _ in pairs(args.challenges) do if c ~= '_' then FIELDS[#FIELDS + 1] = 'ch:' .. c end end
   for _, a in ipairs(args.achievements) do
     if not seen[a[2]] then seen[a[2]] = true; FIELDS[#FIELDS + 1] = a[2] end
@@ -83,13 +96,15 @@ local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
 local function apply_one(k, b)
 local S, M, D = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
 
-local scores = redis.call('ZMSCORE', M, unpack(b.ids))
+local ids = {}  -- this listener's event ids: the next b.n 16-byte ids of the blob
+for i = 1, b.n do ids[i] = string.sub(BLOB, pos, pos + 15); pos = pos + 16 end
+local scores = redis.call('ZMSCORE', M, unpack(ids))
 local dups = {}
-for i, id in ipairs(b.ids) do if scores[i] then dups[#dups + 1] = id end end
+for i = 1, b.n do if scores[i] then dups[#dups + 1] = i end end
 if #dups > 0 then return {'dup', dups} end
 redis.call('ZREMRANGEBYSCORE', M, '-inf', N(now - horizon))
 local marks = {}
-for i, id in ipairs(b.ids) do marks[#marks + 1] = N(math.max(b.ats[i], now)); marks[#marks + 1] = id end
+for i, id in ipairs(ids) do marks[#marks + 1] = b.until_[i]; marks[#marks + 1] = id end
 for i = 1, #marks, 4000 do redis.call('ZADD', M, unpack(marks, i, math.min(i + 3999, #marks))) end
 
 -- the state hash is cached here: each field read at most once, written back once at the end
@@ -118,20 +133,33 @@ local function progress(stat, at, n)
     if spec[1] == stat and at >= spec[2] and at < spec[3] then add('ch:' .. c, n) end
   end
 end
-local function neighbour(day, dir)
-  local r
-  if dir < 0 then r = redis.call('ZREVRANGEBYSCORE', D, '(' .. day, '-inf', 'LIMIT', 0, 1)
-  else r = redis.call('ZRANGEBYSCORE', D, '(' .. day, '+inf', 'LIMIT', 0, 1) end
-  return tonumber(r[1])
+-- the days linked to `day` in one direction (each at most `gap` from the next), and the nearest
+-- listening day that way; read 64 days per call, so a long streak costs few calls
+local function linked(day, dir)
+  local count, cur, nearest = 0, day, nil
+  while true do
+    local r
+    if dir < 0 then r = redis.call('ZREVRANGEBYSCORE', D, '(' .. N(cur), '-inf', 'LIMIT', 0, 64)
+    else r = redis.call('ZRANGEBYSCORE', D, '(' .. N(cur), '+inf', 'LIMIT', 0, 64) end
+    for _, v in ipairs(r) do
+      local q = tonumber(v)
+      nearest = nearest or q
+      if math.abs(q - cur) > gap then return count, nearest end
+      count, cur = count + 1, q
+    end
+    if #r < 64 then return count, nearest end
+  end
 end
 
 local raw_before, earned_before, first = get('karma'), get('earned'), get('seq') == 0
 local weeks, genres = {}, {}
 -- every amount is booked to a week; their sum is the karma change
 local delta, gain = b.karma, b.gain
-local function book(w, v) weeks[w] = true; add('wk:' .. w, v) end
-for w, v in pairs(b.weeks) do book(tonumber(w), v) end
-for g, v in pairs(b.genres) do genres[g] = true; add('gk:' .. g, v) end
+-- weeks are kept by their name (a string): a number in a concatenation is formatted with %.14g
+-- (a week or genre whose score did not move keeps its board entry as it is)
+local function book(w, v) if v ~= 0 then w = N(w); weeks[w] = true; add('wk:' .. w, v) end end
+for w, v in pairs(b.weeks) do if w ~= '_' then book(tonumber(w), v) end end
+for g, v in pairs(b.genres) do if v ~= 0 then genres[g] = true; add('gk:' .. g, v) end end
 for stat, n in pairs(b.incr) do add(stat, n) end
 for c, n in pairs(b.ch) do add('ch:' .. c, n) end
 
@@ -162,24 +190,24 @@ end
 -- streak bonus, booked to the week of its later day
 local day_bonus = {}
 for _, day in ipairs(b.days) do
-  if redis.call('ZADD', D, 'NX', N(day), N(day)) == 1 then
-    local p, n = neighbour(day, -1), neighbour(day, 1)
+  -- last_day (the latest listening day) spares the ZADD for the common case: today, again
+  if day ~= get('last_day') and redis.call('ZADD', D, 'NX', N(day), N(day)) == 1 then
+    if day > get('last_day') then set('last_day', day) end
+    local back, p = linked(day, -1)
+    local ahead, n = linked(day, 1)
     local links = 0
     if p and day - p <= gap then book(week(day), bonus); links = links + 1 end
     if n and n - day <= gap then book(week(n), bonus); links = links + 1 end
     if p and n and n - p <= gap then book(week(n), -bonus); links = links - 1 end
     delta = delta + links * bonus; gain = gain + links * bonus
     if links ~= 0 then day_bonus[#day_bonus + 1] = {day, links * bonus} end
-    local run, cur = 1, day
-    while true do local q = neighbour(cur, -1); if q and cur - q <= gap then run = run + 1; cur = q else break end end
-    cur = day
-    while true do local q = neighbour(cur, 1); if q and q - cur <= gap then run = run + 1; cur = q else break end end
+    local run = 1 + back + ahead
     if run > get('best_streak') then add('best_streak', run - get('best_streak')) end
   end
 end
 add('karma', delta)
 add('earned', gain)
-add('seq', #b.ids)
+add('seq', b.n)
 local earned = get('earned')
 
 local unlocked = {}
@@ -187,12 +215,10 @@ local function unlock(item)
   if get('v:' .. item) == 0 then set('v:' .. item, 1); unlocked[#unlocked + 1] = 'avatar:' .. item end
 end
 for _, a in ipairs(args.achievements) do
-  if get('x:' .. a[1]) == 0 then
-    local value = (a[2] == 'karma') and earned or get(a[2])
-    if value >= a[3] then
-      set('x:' .. a[1], 1); unlocked[#unlocked + 1] = 'achievement:' .. a[1]
-      if a[4] ~= '' then unlock(a[4]) end
-    end
+  local value = (a[2] == 'karma') and earned or get(a[2])
+  if value >= a[3] and get('x:' .. a[1]) == 0 then  -- (the flag is read only once the target is met)
+    set('x:' .. a[1], 1); unlocked[#unlocked + 1] = 'achievement:' .. a[1]
+    if a[4] ~= '' then unlock(a[4]) end
   end
 end
 -- earned never falls, so a tier is unlocked exactly when earned first reaches it
@@ -215,15 +241,15 @@ local reply = {raw_before = raw_before, raw = get('karma'), seq = get('seq'), ti
   bonus_members = bonus_members, day_bonus = day_bonus, old_rank = -1, new_rank = -1}
 if LB == '' then  -- the client writes the boards (Redis Cluster): it needs the scores
   reply.weeks, reply.genres = {}, {}
-  for w, _ in pairs(weeks) do reply.weeks[tostring(w)] = get('wk:' .. w) end
+  for w, _ in pairs(weeks) do reply.weeks[w] = get('wk:' .. w) end
   for g, _ in pairs(genres) do reply.genres[g] = get('gk:' .. g) end
 else  -- boards in the same atomic step: always the listener's latest scores
   local karma, before = math.max(floor, reply.raw), math.max(floor, raw_before)
   if karma ~= before then  -- (an unchanged score keeps its entry and its rank)
-    local g = LB .. '{global}'
-    reply.old_rank = redis.call('ZREVRANK', g, b.user) or -1
-    board(g, karma, b.user)
-    reply.new_rank = redis.call('ZREVRANK', g, b.user) or -1
+    -- the rank before this call; the rank after it is read once every board is written
+    reply.old_rank = redis.call('ZREVRANK', GLOBAL, b.user) or -1
+    board(GLOBAL, karma, b.user)
+    moved[#moved + 1] = {reply, b.user}
   end
   if b.cohort ~= '' then board(LB .. '{cohort:' .. b.cohort .. '}', karma, b.user) end
   for w, _ in pairs(weeks) do local key = LB .. '{weekly:' .. w .. '}'; board(key, get('wk:' .. w), b.user); expire[key] = true end
@@ -234,6 +260,9 @@ end
 
 local out = {}
 for i, b in ipairs(cjson.decode(ARGV[2])) do out[i] = apply_one((i - 1) * 3, b) end
+for key, list in pairs(zadd) do chunks('ZADD', key, list) end
+for key, list in pairs(zrem) do chunks('ZREM', key, list) end
+for _, m in ipairs(moved) do m[1].new_rank = redis.call('ZREVRANK', GLOBAL, m[2]) or -1 end
 for key, _ in pairs(expire) do redis.call('EXPIRE', key, ARGV[4]) end
 return cjson.encode(out)
 """
@@ -287,30 +316,21 @@ class _Batch:
     """One listener's events of a batch, aggregated for the APPLY script: event ids (to mark)
     and distinct set members and listening days go one by one; everything else as sums."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, effects: list[Effect]) -> None:
+        """``effects``: the listener's events of the batch, each event id once."""
         self.rules = rules
-        self.effects: list[Effect] = []
-        self.ids: set[str] = set()
-        self.cohort: str | None = None
+        self.effects = effects
+        self.cohort = next((e.cohort for e in reversed(effects) if e.cohort), None)
 
-    def add(self, e: Effect) -> bool:
-        """False if this event id is already in the batch."""
-        if e.event_id in self.ids:
-            return False
-        self.ids.add(e.event_id)
-        self.effects.append(e)
-        if e.cohort:
-            self.cohort = e.cohort
-        return True
+    def blob(self) -> bytes:
+        """The event ids as 16-byte strings, back to back, in the order of ``effects``."""
+        return b"".join(e.id_bytes for e in self.effects)
 
     def without(self, ids: set[str]) -> _Batch:
-        other = _Batch(self.rules)
-        for e in self.effects:
-            if e.event_id not in ids:
-                other.add(e)
-        return other
+        return _Batch(self.rules, [e for e in self.effects if e.event_id not in ids])
 
-    def payload(self, user: str) -> dict[str, Any]:
+    def payload(self, user: str, now_ms: int) -> dict[str, Any]:
+        """The listener's part of an APPLY call; its event ids go separately (blob)."""
         weeks: dict[int, int] = defaultdict(int)
         genres: dict[str, int] = defaultdict(int)
         incr: dict[str, int] = defaultdict(int)
@@ -339,7 +359,7 @@ class _Batch:
         # (cjson reads an empty object as an empty array and the reverse: "_" keeps them objects)
         return {
             "user": user, "cohort": self.cohort or "",
-            "ids": [e.event_id for e in self.effects], "ats": [e.at_ms for e in self.effects],
+            "n": len(self.effects), "until_": [str(max(e.at_ms, now_ms)) for e in self.effects],
             "karma": karma, "gain": gain, "weeks": {str(w): v for w, v in weeks.items()} or {"_": 0},
             "genres": genres or {"_": 0}, "incr": incr or {"_": 0}, "ch": ch or {"_": 0},
             "members": {n: list(m.values()) for n, m in members.items()} or {"_": []},
@@ -454,8 +474,7 @@ class GamificationStore:
             groups = list(by_slot.values())
             pipe = self.redis.pipeline(transaction=False)
             for group in groups:
-                self._apply(keys=self._keys(group), args=[now_ms, self._body(group, pending), "", WEEKLY_TTL_S],
-                            client=pipe)
+                self._apply(keys=self._keys(group), args=self._args(group, pending, now_ms, ""), client=pipe)
             for group, replies in zip(groups, pipe.execute(), strict=True):
                 yield group, json.loads(replies)
             return
@@ -463,7 +482,7 @@ class GamificationStore:
         for u in users:
             group.append(u)
             size += len(pending[u].effects)
-            if size >= CHUNK_EVENTS:
+            if size >= (CHUNK_EVENTS if groups else CHUNK_EVENTS // 4):  # a small first one: Redis starts sooner
                 groups.append(group)
                 group, size = [], 0
         if group:
@@ -473,8 +492,8 @@ class GamificationStore:
         try:
             for group in groups:
                 keys = self._keys(group)
-                conn.send_command("EVALSHA", self._apply.sha, len(keys), *keys, now_ms, self._body(group, pending),
-                                  boards, WEEKLY_TTL_S)
+                conn.send_command("EVALSHA", self._apply.sha, len(keys), *keys,
+                                  *self._args(group, pending, now_ms, boards))
             replies = [conn.read_response() for _ in groups[:1]]  # NOSCRIPT shows on the first
         except redis.exceptions.NoScriptError:
             for _ in groups[1:]:  # drain the rest, load the script, and run the round again
@@ -504,8 +523,11 @@ class GamificationStore:
         return [k for u in users for k in user_keys(u, self.prefix)]
 
     @staticmethod
-    def _body(users: list[str], pending: dict[str, _Batch]) -> str:
-        return json.dumps([pending[u].payload(u) for u in users], separators=(",", ":"))
+    def _args(users: list[str], pending: dict[str, _Batch], now_ms: int, boards: str) -> list[Any]:
+        """APPLY's ARGV: now, the listeners' batches (JSON), the boards' prefix ('' when the
+        client writes them), the weekly boards' TTL, and every event id as 16 bytes."""
+        body = json.dumps([pending[u].payload(u, now_ms) for u in users], separators=(",", ":"))
+        return [now_ms, body, boards, WEEKLY_TTL_S, b"".join(pending[u].blob() for u in users)]
 
     def apply(self, effects: list[Effect], now: datetime | None = None) -> Applied:
         """Apply a batch: one pipeline of per-listener scripts, one of board updates.
@@ -525,16 +547,23 @@ class GamificationStore:
             return out
         now_ms = int(now.timestamp() * 1000)
         oldest = now_ms - int(self.rules.horizon_days * DAY_MS)
-        pending: dict[str, _Batch] = {}
+        by_user: dict[str, list[Effect]] = {}
+        seen: set[str] = set()
         for e in effects:
             if e.at_ms < oldest:
                 out.stale += 1  # too old to be sure it was not applied before: refused
-                continue
-            batch = pending.get(e.user_id)
-            if batch is None:
-                batch = pending[e.user_id] = _Batch(self.rules)
-            if not batch.add(e):
+            elif e.event_id in seen:
                 out.duplicates += 1
+            elif len(e.id_bytes) != 16:
+                raise ValueError(f"effect of {e.event_id} lacks its 16 id bytes; build effects with agents.gamify.effect_for")
+            else:
+                seen.add(e.event_id)
+                mine = by_user.get(e.user_id)
+                if mine is None:
+                    by_user[e.user_id] = [e]
+                else:
+                    mine.append(e)
+        pending = {user: _Batch(self.rules, mine) for user, mine in by_user.items()}
         done: dict[str, tuple[_Batch, dict[str, Any]]] = {}
         floor = self.rules.karma["floor"]
         for _ in range(5):  # one more round per redelivery found: already-applied ids are dropped
@@ -550,7 +579,7 @@ class GamificationStore:
                         out.applied += len(batch.effects)
                         batch.outputs(user, body, floor, now, out.outputs)
                     else:
-                        already = set(body)
+                        already = {batch.effects[i - 1].event_id for i in body}
                         out.duplicates += len(already)
                         retry[user] = batch.without(already)
             pending = retry
