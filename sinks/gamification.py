@@ -104,7 +104,8 @@ for i = 1, b.n do if scores[i] then dups[#dups + 1] = i end end
 if #dups > 0 then return {'dup', dups} end
 redis.call('ZREMRANGEBYSCORE', M, '-inf', N(now - horizon))
 local marks = {}
-for i, id in ipairs(ids) do marks[#marks + 1] = b.until_[i]; marks[#marks + 1] = id end
+local keep = b.keep  -- each mark's score: kept until then + horizon (one time for all, or one each)
+for i, id in ipairs(ids) do marks[#marks + 1] = type(keep) == 'table' and keep[i] or keep; marks[#marks + 1] = id end
 for i = 1, #marks, 4000 do redis.call('ZADD', M, unpack(marks, i, math.min(i + 3999, #marks))) end
 
 -- the state hash is cached here: each field read at most once, written back once at the end
@@ -322,6 +323,13 @@ class _Batch:
         self.effects = effects
         self.cohort = next((e.cohort for e in reversed(effects) if e.cohort), None)
 
+    def keep(self, now_ms: int) -> str | list[str]:
+        """The marks' scores: now, or the event's own time for an event from the future (a
+        skewed clock), so its mark outlives any redelivery that is not refused as stale."""
+        if all(e.at_ms <= now_ms for e in self.effects):
+            return str(now_ms)
+        return [str(max(e.at_ms, now_ms)) for e in self.effects]
+
     def blob(self) -> bytes:
         """The event ids as 16-byte strings, back to back, in the order of ``effects``."""
         return b"".join(e.id_bytes for e in self.effects)
@@ -359,7 +367,7 @@ class _Batch:
         # (cjson reads an empty object as an empty array and the reverse: "_" keeps them objects)
         return {
             "user": user, "cohort": self.cohort or "",
-            "n": len(self.effects), "until_": [str(max(e.at_ms, now_ms)) for e in self.effects],
+            "n": len(self.effects), "keep": self.keep(now_ms),
             "karma": karma, "gain": gain, "weeks": {str(w): v for w, v in weeks.items()} or {"_": 0},
             "genres": genres or {"_": 0}, "incr": incr or {"_": 0}, "ch": ch or {"_": 0},
             "members": {n: list(m.values()) for n, m in members.items()} or {"_": []},
