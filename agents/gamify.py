@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ class Rules:
     tiers: tuple[Tier, ...] = ()
     lua_args: str = field(default="", compare=False)
 
-    @property
+    @cached_property
     def challenge_windows(self) -> dict[str, tuple[str, int, int]]:
         """challenge id -> (stat, start ms, end ms)."""
         return {c.id: (c.stat, int(c.start.timestamp() * 1000), int(c.end.timestamp() * 1000))

@@ -45,6 +45,7 @@ from agents.gamify import DAY_MS, Effect, Rules, week_of
 
 PREFIX = "enc"
 WEEKLY_TTL_S = 5 * 7 * 86_400
+SET_FIELDS = {"artists": "a:", "genres": "g:", "playlists": "p:"}  # a listener's sets: fields of the state hash
 CHUNK_EVENTS = 150  # events per APPLY call on one Redis: small enough to overlap encoding with Redis
 
 APPLY = r"""
@@ -65,6 +66,7 @@ local LB, expire = ARGV[3], {}  -- ARGV[4]: the weekly boards' time to live (s)
 -- ARGV[5]: the event ids, 16 bytes each, listener after listener (in the order of ARGV[2])
 local BLOB, pos = ARGV[5], 1
 local GLOBAL = LB .. '{global}'
+local WEEKLY, GENRE = LB .. '{weekly:', LB .. '{genre:'  -- board keys: prefix .. name .. '}'
 -- board writes are gathered per board and made once per call, after every listener (each
 -- listener appears once per call, so no two writes of one member meet)
 local zadd, zrem, moved = {}, {}, {}
@@ -79,7 +81,16 @@ end
 local function chunks(cmd, key, list)
   for i = 1, #list, 4000 do redis.call(cmd, key, unpack(list, i, math.min(i + 3999, #list))) end
 end
-local SETS = {artists = 'a:', genres = 'g:', playlists = 'p:'}  -- field prefixes in the state hash
+-- a listener's sets live in the state hash as fields a:<artist>, g:<genre>, p:<playlist> (the
+-- client sends them prefixed); the other names built here are memoised per call
+local memo = {}
+local function cat(a, b)
+  local t = memo[a]
+  if not t then t = {}; memo[a] = t end
+  local s = t[b]
+  if not s then s = a .. b; t[b] = s end
+  return s
+end
 -- the state fields every listener's batch reads (achievement flags x:<id> / avatar flags v:<item>
 -- are read only when an achievement's target or a tier is reached)
 local FIELDS = {'karma', 'earned', 'seq', 'best_streak', 'last_day'}
@@ -119,12 +130,12 @@ local function add(f, n) if n ~= 0 then st[f] = get(f) + n; dirty[f] = true end 
 local function set(f, v) st[f] = v; dirty[f] = true end
 do  -- one HMGET for every field this batch is known to read
   local fields = {unpack(FIELDS)}
-  for w, _ in pairs(b.weeks) do fields[#fields + 1] = 'wk:' .. w end
-  for g, _ in pairs(b.genres) do fields[#fields + 1] = 'gk:' .. g end
+  for w, _ in pairs(b.weeks) do fields[#fields + 1] = cat('wk:', w) end
+  for g, _ in pairs(b.genres) do fields[#fields + 1] = cat('gk:', g) end
   for stat, _ in pairs(b.incr) do fields[#fields + 1] = stat end
   for name, list in pairs(b.members) do
     if list[1] then fields[#fields + 1] = list[1][2] end
-    for _, m in ipairs(list) do fields[#fields + 1] = SETS[name] .. m[1] end
+    for _, m in ipairs(list) do fields[#fields + 1] = m[1] end
   end
   local values = redis.call('HMGET', S, unpack(fields))
   for i, f in ipairs(fields) do st[f] = tonumber(values[i] or '0') end
@@ -158,9 +169,9 @@ local weeks, genres = {}, {}
 local delta, gain = b.karma, b.gain
 -- weeks are kept by their name (a string): a number in a concatenation is formatted with %.14g
 -- (a week or genre whose score did not move keeps its board entry as it is)
-local function book(w, v) if v ~= 0 then w = N(w); weeks[w] = true; add('wk:' .. w, v) end end
+local function book(w, v) if v ~= 0 then w = N(w); weeks[w] = true; add(cat('wk:', w), v) end end
 for w, v in pairs(b.weeks) do if w ~= '_' then book(tonumber(w), v) end end
-for g, v in pairs(b.genres) do if v ~= 0 then genres[g] = true; add('gk:' .. g, v) end end
+for g, v in pairs(b.genres) do if v ~= 0 then genres[g] = true; add(cat('gk:', g), v) end end
 for stat, n in pairs(b.incr) do add(stat, n) end
 for c, n in pairs(b.ch) do add('ch:' .. c, n) end
 
@@ -172,12 +183,12 @@ for name, list in pairs(b.members) do
   if #list > 0 then
     for _, m in ipairs(list) do
       local member, stat, v, at = m[1], m[2], m[3], m[4]
-      local field = SETS[name] .. member
+      local field = member
       local first_met = get(field)
       if first_met == 0 then
         set(field, at)
         add(stat, 1); book(week_at(at), v); delta = delta + v; gain = gain + v; progress(stat, at, 1)
-        if v ~= 0 then bonus_members[#bonus_members + 1] = name .. '\t' .. member end
+        if v ~= 0 then bonus_members[#bonus_members + 1] = member end
       elseif at < first_met then
         set(field, at)
         book(week_at(first_met), -v); book(week_at(at), v)
@@ -242,8 +253,8 @@ local reply = {raw_before = raw_before, raw = get('karma'), seq = get('seq'), ti
   bonus_members = bonus_members, day_bonus = day_bonus, old_rank = -1, new_rank = -1}
 if LB == '' then  -- the client writes the boards (Redis Cluster): it needs the scores
   reply.weeks, reply.genres = {}, {}
-  for w, _ in pairs(weeks) do reply.weeks[w] = get('wk:' .. w) end
-  for g, _ in pairs(genres) do reply.genres[g] = get('gk:' .. g) end
+  for w, _ in pairs(weeks) do reply.weeks[w] = get(cat('wk:', w)) end
+  for g, _ in pairs(genres) do reply.genres[g] = get(cat('gk:', g)) end
 else  -- boards in the same atomic step: always the listener's latest scores
   local karma, before = math.max(floor, reply.raw), math.max(floor, raw_before)
   if karma ~= before then  -- (an unchanged score keeps its entry and its rank)
@@ -253,8 +264,8 @@ else  -- boards in the same atomic step: always the listener's latest scores
     moved[#moved + 1] = {reply, b.user}
   end
   if b.cohort ~= '' then board(LB .. '{cohort:' .. b.cohort .. '}', karma, b.user) end
-  for w, _ in pairs(weeks) do local key = LB .. '{weekly:' .. w .. '}'; board(key, get('wk:' .. w), b.user); expire[key] = true end
-  for name, _ in pairs(genres) do board(LB .. '{genre:' .. name .. '}', get('gk:' .. name), b.user) end
+  for w, _ in pairs(weeks) do local key = cat(cat(WEEKLY, w), '}'); board(key, get(cat('wk:', w)), b.user); expire[key] = true end
+  for name, _ in pairs(genres) do board(cat(cat(GENRE, name), '}'), get(cat('gk:', name)), b.user) end
 end
 return {'ok', reply}
 end
@@ -361,7 +372,7 @@ class _Batch:
             for name, member, stat, bonus in e.sets:
                 seen = members[name].get(member)
                 if seen is None or e.at_ms < seen[3]:
-                    members[name][member] = [member, stat, bonus, e.at_ms]
+                    members[name][member] = [SET_FIELDS[name] + member, stat, bonus, e.at_ms]
             if e.listening_day:
                 days.add(e.day)
         # (cjson reads an empty object as an empty array and the reverse: "_" keeps them objects)
@@ -380,19 +391,18 @@ class _Batch:
         unlocks are reported on the listener's last event of the batch. A bonus goes to the event
         that earned it: the earliest one meeting a new artist / playlist, the first listen of a
         new day."""
-        first_meet: dict[tuple[str, str], tuple[int, str, int]] = {}
+        first_meet: dict[str, tuple[int, str, int]] = {}  # by the member's field
         first_listen: dict[int, str] = {}
         for e in self.effects:
             for name, member, _, bonus in e.sets:
-                key = (name, member)
+                key = SET_FIELDS[name] + member
                 if key not in first_meet or e.at_ms < first_meet[key][0]:
                     first_meet[key] = (e.at_ms, e.event_id, bonus)
             if e.listening_day and e.day not in first_listen:
                 first_listen[e.day] = e.event_id
         extra: dict[str, int] = defaultdict(int)
-        for item in reply["bonus_members"] or []:
-            name, member = item.split("\t", 1)
-            _, event_id, bonus = first_meet[(name, member)]
+        for field_ in reply["bonus_members"] or []:
+            _, event_id, bonus = first_meet[field_]
             extra[event_id] += bonus
         for day, amount in reply["day_bonus"] or []:
             extra[first_listen[day]] += amount
@@ -645,7 +655,7 @@ class GamificationStore:
         pipe.zrevrange(d, 0, 400)
         state, days = pipe.execute()
         fields = {k.decode(): int(v) for k, v in state.items()}
-        stats = {k: v for k, v in fields.items() if not k.startswith(("a:", "g:", "p:", "x:", "v:"))}
+        stats = {k: v for k, v in fields.items() if not k.startswith((*SET_FIELDS.values(), "x:", "v:"))}
         achieved_s = {k[2:] for k in fields if k.startswith("x:")}
         avatars = sorted(k[2:] for k in fields if k.startswith("v:"))
         earned = stats.get("earned", 0)
