@@ -107,17 +107,21 @@ local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
 local function apply_one(k, b)
 local S, M, D = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
 
-local ids = {}  -- this listener's event ids: the next b.n 16-byte ids of the blob
-for i = 1, b.n do ids[i] = string.sub(BLOB, pos, pos + 15); pos = pos + 16 end
-local scores = redis.call('ZMSCORE', M, unpack(ids))
-local dups = {}
-for i = 1, b.n do if scores[i] then dups[#dups + 1] = i end end
+-- event marks: one set per UTC day of the events' own time (M .. ':' .. day), expiring `horizon`
+-- after that day; b.mb: [day, count, time to live] per day, the ids in the blob in that order
+local dups, days_ids, before = {}, {}, 0
+for _, g in ipairs(b.mb) do
+  local key, ids = M .. ':' .. g[1], {}
+  for i = 1, g[2] do ids[i] = string.sub(BLOB, pos, pos + 15); pos = pos + 16 end
+  for i = 1, #ids, 4000 do
+    local seen = redis.call('SMISMEMBER', key, unpack(ids, i, math.min(i + 3999, #ids)))
+    for j, x in ipairs(seen) do if x == 1 then dups[#dups + 1] = before + i + j - 1 end end
+  end
+  days_ids[#days_ids + 1] = {key, ids, g[3]}
+  before = before + g[2]
+end
 if #dups > 0 then return {'dup', dups} end
-redis.call('ZREMRANGEBYSCORE', M, '-inf', N(now - horizon))
-local marks = {}
-local keep = b.keep  -- each mark's score: kept until then + horizon (one time for all, or one each)
-for i, id in ipairs(ids) do marks[#marks + 1] = type(keep) == 'table' and keep[i] or keep; marks[#marks + 1] = id end
-for i = 1, #marks, 4000 do redis.call('ZADD', M, unpack(marks, i, math.min(i + 3999, #marks))) end
+for _, g in ipairs(days_ids) do chunks('SADD', g[1], g[2]); redis.call('EXPIRE', g[1], g[3]) end
 
 -- the state hash is cached here: each field read at most once, written back once at the end
 local st, dirty = {}, {}
@@ -333,17 +337,23 @@ class _Batch:
         self.rules = rules
         self.effects = effects
         self.cohort = next((e.cohort for e in reversed(effects) if e.cohort), None)
+        self.marked = sorted(effects, key=lambda e: e.at_ms // DAY_MS)  # grouped by day (mark sets)
 
-    def keep(self, now_ms: int) -> str | list[str]:
-        """The marks' scores: now, or the event's own time for an event from the future (a
-        skewed clock), so its mark outlives any redelivery that is not refused as stale."""
-        if all(e.at_ms <= now_ms for e in self.effects):
-            return str(now_ms)
-        return [str(max(e.at_ms, now_ms)) for e in self.effects]
+    def mark_days(self, now_ms: int) -> list[list[Any]]:
+        """[day, count, time to live (s)] per UTC day of the events' times, in the order of
+        ``marked``: a mark lives `horizon` past the end of its event's day, so it outlives
+        every redelivery that is not refused as stale (older than `horizon`). The time to live
+        is counted from the caller's ``now``, the clock the stale rule uses too."""
+        left_s = int(self.rules.horizon_days * 86_400) - now_ms // 1000
+        counts: dict[int, int] = {}
+        for e in self.marked:
+            d = e.at_ms // DAY_MS
+            counts[d] = counts.get(d, 0) + 1
+        return [[str(d), n, str(max(1, (d + 1) * 86_400 + left_s))] for d, n in counts.items()]
 
     def blob(self) -> bytes:
-        """The event ids as 16-byte strings, back to back, in the order of ``effects``."""
-        return b"".join(e.id_bytes for e in self.effects)
+        """The event ids as 16-byte strings, back to back, in the order of ``marked``."""
+        return b"".join(e.id_bytes for e in self.marked)
 
     def without(self, ids: set[str]) -> _Batch:
         return _Batch(self.rules, [e for e in self.effects if e.event_id not in ids])
@@ -378,7 +388,7 @@ class _Batch:
         # (cjson reads an empty object as an empty array and the reverse: "_" keeps them objects)
         return {
             "user": user, "cohort": self.cohort or "",
-            "n": len(self.effects), "keep": self.keep(now_ms),
+            "n": len(self.effects), "mb": self.mark_days(now_ms),
             "karma": karma, "gain": gain, "weeks": {str(w): v for w, v in weeks.items()} or {"_": 0},
             "genres": genres or {"_": 0}, "incr": incr or {"_": 0}, "ch": ch or {"_": 0},
             "members": {n: list(m.values()) for n, m in members.items()} or {"_": []},
@@ -443,7 +453,8 @@ def lua_literal(value: Any) -> str:
 
 
 def user_keys(user: str, prefix: str = PREFIX) -> list[str]:
-    """The listener's keys, in the order APPLY takes them: state hash, event marks, days."""
+    """The listener's keys, in the order APPLY takes them: state hash, the prefix of the event
+    mark sets (``<prefix>:<day>``, one per day), listening days."""
     tag = f"{prefix}:{{{user}}}"
     return [f"{tag}:s", f"{tag}:m", f"{tag}:days"]
 
@@ -597,7 +608,7 @@ class GamificationStore:
                         out.applied += len(batch.effects)
                         batch.outputs(user, body, floor, now, out.outputs)
                     else:
-                        already = {batch.effects[i - 1].event_id for i in body}
+                        already = {batch.marked[i - 1].event_id for i in body}
                         out.duplicates += len(already)
                         retry[user] = batch.without(already)
             pending = retry
