@@ -3,27 +3,31 @@
 Keys (Redis Cluster ready: ``{...}`` hash tags keep one listener's keys in one slot, and each
 board's two keys in one slot)::
 
-    enc:{USER}:s          hash   stats, karma (raw sum), earned, wk:<week>, gk:<genre>, ch:<id>, seq
-    enc:{USER}:m          zset   applied event ids (score: when), pruned after the horizon
-    enc:{USER}:artists    zset   artists / genres / playlists the listener has met, scored by
-    enc:{USER}:genres     zset   the time of the first meeting (so bonuses and challenge
-    enc:{USER}:playlists  zset   progress belong to it, in whatever order events arrive)
+    enc:{USER}:s          hash   the listener's state: stats, karma (raw sum), earned, seq,
+                                 best_streak, last_day, wk:<week> and gk:<genre> (karma by week /
+                                 genre), ch:<id> (challenge progress), a:<artist> g:<genre>
+                                 p:<playlist> (first met, ms: bonuses and challenge progress
+                                 belong to that time, whatever order events arrive in),
+                                 x:<achievement> and v:<avatar item> (unlocked: 1)
+    enc:{USER}:m:<day>    set    applied event ids (16 bytes) of events on that UTC day; expires
+                                 `horizon` after the day ends
     enc:{USER}:days       zset   local days with a completed listen (streaks)
-    enc:{USER}:ach        set    achievements unlocked
-    enc:{USER}:av         set    avatar items unlocked
     enc:lb:{BOARD}        zset   leaderboard; BOARD = global | weekly:<n> | genre:<g> | cohort:<c>
                                  (weekly: Monday-based week number of the UTC time; genre: the
                                  base karma of events on that genre's tracks)
-    enc:lb:{BOARD}:v      hash   per-listener version (their seq) of the score on the board
+    enc:lb:{BOARD}:v      hash   Redis Cluster only: per-listener version (seq) of the score
 
-Per batch: one pipeline of APPLY calls (one per listener: their events of the batch, aggregated),
-then one pipeline of BOARD calls (one per board touched). APPLY checks every event id of the
-listener's batch; if none was applied before it marks them all and applies every change to the
-listener's keys atomically, else it changes nothing and names the applied ones, which the client
-drops before sending the rest again (a redelivered event id changes nothing). BOARD sets
-absolute scores guarded by the listener's seq, so a late or repeated update never overwrites a
-newer one. Every rule is order-independent (sums, set membership, streak links between listening
-days), so the same events in any order or split give the same state.
+Per batch, on one Redis: the listeners go in chunks of ~CHUNK_EVENTS events, one APPLY call per
+chunk, all chunks sent over one connection before the first reply is read (Redis runs a chunk
+while the client encodes the next). APPLY checks each listener's event ids; if none was applied
+before, it marks them and applies every change to the listener's keys and to the boards in the
+same atomic step, else it changes nothing of that listener and names the applied ones, which
+the client drops before sending the rest again (a redelivered event id changes nothing).
+On Redis Cluster a script may touch one slot only: APPLY runs once per slot and the boards are
+written after it by BOARD, which sets absolute scores guarded by the listener's seq, so a late
+or repeated update never overwrites a newer one. Every rule is order-independent (sums, set
+membership, streak links between listening days), so the same events in any order or split
+give the same state, on either path.
 
 Order of ties on a board: equal scores rank by member id, reverse byte order (Redis ZREVRANK).
 """

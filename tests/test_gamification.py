@@ -332,3 +332,24 @@ def test_events_without_a_rule_have_no_effect() -> None:
         e = Interaction(event_id=uuid.uuid4(), user_id="u", session_id="s", kind=kind, occurred_at=NOW,
                         track_id=None if kind == Kind.REC_REQUEST else "t-1")
         assert effect_for(e, RULES, CAT) is None
+
+
+def test_marks_expire_a_horizon_after_their_day_and_long_streaks_are_linked(client) -> None:  # type: ignore[no-untyped-def]
+    """Marks live in one set per UTC day of the events and expire `horizon` after that day
+    (counted from the caller's clock). A streak longer than one read of days (64) is linked in
+    full, also when its middle day arrives last."""
+    rules = Rules.from_dict({**_rules_doc(), "dedupe": {"horizon_days": 400}})
+    s = store(client, rules)
+    days = [d for d in range(150) if not 98 <= d <= 101]  # runs of 98 and 48 days, 4 days apart
+    s.apply(effects([_listen("long", d) for d in days], rules), NOW)
+    assert s.profile("long")["best_streak"] == 98
+    s.apply(effects([_listen("long", 99)], rules), NOW)  # links to the 98 (one missed day: grace)
+    assert s.profile("long")["best_streak"] == 99
+    s.apply(effects([_listen("long", 100)], rules), NOW)  # and now to the 48 as well
+    assert s.profile("long")["best_streak"] == 148
+    marks = list(client.scan_iter(match=f"{s.prefix}:{{long}}:m:*"))
+    assert len(marks) == 148
+    oldest = min(marks, key=lambda k: int(k.rsplit(b":", 1)[1]))
+    day = int(oldest.rsplit(b":", 1)[1])
+    want = (day + 1) * 86_400 + 400 * 86_400 - int(NOW.timestamp())
+    assert want - 5 <= client.ttl(oldest) <= want
