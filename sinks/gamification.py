@@ -499,17 +499,14 @@ class GamificationStore:
         One Redis: the listeners go in chunks of about CHUNK_EVENTS events over one connection.
         Every chunk is sent before the first reply is read, so Redis runs a chunk while this
         process encodes the next one and reads the results of the last. Redis Cluster: one call
-        per hash slot (a script may only touch keys of one slot), in one cluster pipeline."""
+        per hash slot (a script may only touch keys of one slot)."""
         if self.cluster:
             by_slot: dict[int, list[str]] = defaultdict(list)
             for u in users:
                 by_slot[key_slot(user_keys(u, self.prefix)[0].encode())].append(u)
-            groups = list(by_slot.values())
-            pipe = self.redis.pipeline(transaction=False)
-            for group in groups:
-                self._apply(keys=self._keys(group), args=self._args(group, pending, now_ms, ""), client=pipe)
-            for group, replies in zip(groups, pipe.execute(), strict=True):
-                yield group, json.loads(replies)
+            # (redis-py's cluster pipeline refuses EVALSHA: one call per slot, each routed by its keys)
+            for group in by_slot.values():
+                yield group, json.loads(self._apply(keys=self._keys(group), args=self._args(group, pending, now_ms, "")))
             return
         groups, group, size = [], [], 0
         for u in users:
@@ -649,15 +646,14 @@ class GamificationStore:
                 boards[f"weekly:{wk}"].append([user, value, seq])
             for genre, value in (reply["genres"] or {}).items():
                 boards[f"genre:{genre}"].append([user, value, seq])
-        names = list(boards)
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
+        ranks: dict[str, tuple[int, int]] = {}
+        for name, updates in boards.items():  # one call per board (each board is one slot)
             key = board_key(name, self.prefix)
             ttl = WEEKLY_TTL_S if name.startswith("weekly:") else 0
-            ranks = 1 if name == "global" else 0  # rank changes are reported for the global board
-            self._board(keys=[key, f"{key}:v"], args=[json.dumps(boards[name]), ttl, ranks], client=pipe)
-        replies = dict(zip(names, pipe.execute(), strict=True))
-        return {user: (old, new) for user, old, new in json.loads(replies.get("global", "[]"))}
+            reply = self._board(keys=[key, f"{key}:v"], args=[json.dumps(updates), ttl, 1 if name == "global" else 0])
+            if name == "global":  # rank changes are reported for the global board
+                ranks = {user: (old, new) for user, old, new in json.loads(reply)}
+        return ranks
 
     # --- read side ----------------------------------------------------------------------
     def profile(self, user: str, today: int | None = None) -> dict[str, Any]:
