@@ -368,26 +368,35 @@ def redis_cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
     if not shutil.which("redis-server") or not shutil.which("redis-cli"):
         pytest.fail("redis-server / redis-cli not installed: run `make install`")
     root = tmp_path_factory.mktemp("cluster")
-    ports = [free_port() for _ in range(3)]
-    procs = []
-    try:
-        for port in ports:
+    procs: list[subprocess.Popen] = []
+
+    def start_node() -> int:
+        """Start one node and wait until it answers; a node that dies (its port taken in the
+        meantime) is started again on another port."""
+        for _ in range(5):
+            port = free_port()
             node = root / str(port)
             node.mkdir()
-            procs.append(subprocess.Popen(
+            proc = subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"],
-                cwd=node, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for port in ports:
-            for _ in range(50):
+                cwd=node, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(proc)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
                 try:
-                    redis.Redis(port=port).ping()
-                    break
+                    redis.Redis(port=port, socket_connect_timeout=1).ping()
+                    return port
                 except redis.ConnectionError:
                     time.sleep(0.1)
+            proc.kill()
+        pytest.fail("could not start a Redis Cluster node on loopback")
+
+    try:
+        ports = [start_node() for _ in range(3)]
         subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
-        for _ in range(100):
+                       check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=120)
+        for _ in range(300):
             if b"cluster_state:ok" in redis.Redis(port=ports[0]).execute_command("CLUSTER INFO"):
                 break
             time.sleep(0.1)
