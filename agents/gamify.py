@@ -96,7 +96,6 @@ class Rules:
             "achievements": [[a.id, a.stat, a.target, a.avatar or ""] for a in self.achievements]
             + [[f"challenge:{c.id}", f"ch:{c.id}", c.target, ""] for c in self.challenges],
             "tiers": [[t.name, t.min_karma, t.avatar] for t in self.tiers],
-            "avatars": sorted({t.avatar for t in self.tiers} | {a.avatar for a in self.achievements if a.avatar}),
             "challenges": {
                 c.id: [c.stat, int(c.start.timestamp() * 1000), int(c.end.timestamp() * 1000)]
                 for c in self.challenges

@@ -55,10 +55,11 @@ CHUNK_EVENTS = 150  # events per APPLY call on one Redis: small enough to overla
 APPLY = r"""
 -- Every listener of a batch (of one cluster slot, on Redis Cluster) in one call. KEYS: 3 per
 -- listener (user_keys); ARGV = now_ms, batches (JSON: one per listener, aggregated by the client,
--- see _Batch). The rules are baked into the script text (RULES), so they are decoded once per
--- call. Per listener, either every event of its batch is new and all of it is applied, or
--- nothing of that listener is written and the already-applied ids come back ({'dup', ids}) for
--- the client to drop before it sends the rest again. Check and apply are one atomic script.
+-- see _Batch). The rules are baked into the script text (RULES, a Lua table literal), so no call
+-- decodes them. Per listener, either every event of its batch is new and all of it is applied,
+-- or nothing of that listener is written and the positions of the already-applied ids come
+-- back ({'dup', positions}) for the client to drop before it sends the rest again. Check and
+-- apply are one atomic script.
 local args = RULES
 local now = tonumber(ARGV[1])
 local horizon, gap, bonus, floor = args.horizon_ms, args.link_gap, args.streak_bonus, args.floor
@@ -190,13 +191,12 @@ local bonus_members = {}
 for name, list in pairs(b.members) do
   if #list > 0 then
     for _, m in ipairs(list) do
-      local member, stat, v, at = m[1], m[2], m[3], m[4]
-      local field = member
+      local field, stat, v, at = m[1], m[2], m[3], m[4]  -- field: the member, prefixed (a:, g:, p:)
       local first_met = get(field)
       if first_met == 0 then
         set(field, at)
         add(stat, 1); book(week_at(at), v); delta = delta + v; gain = gain + v; progress(stat, at, 1)
-        if v ~= 0 then bonus_members[#bonus_members + 1] = member end
+        if v ~= 0 then bonus_members[#bonus_members + 1] = field end
       elseif at < first_met then
         set(field, at)
         book(week_at(first_met), -v); book(week_at(at), v)
