@@ -183,18 +183,32 @@ class CandidateGenerator:
         prof.session_pos.append(track_idx)
 
     def learn_residuals(self, user_id: str, tracks: np.ndarray, residuals: np.ndarray,
-                        weights: np.ndarray | None = None) -> None:
+                        weights: np.ndarray | None = None, l2: float = 1.0) -> None:
         """What the shared model got wrong for this listener, per genre and artist: the
         listener-specific part of the reward (a per-listener layer on top of the shared model,
-        as in hybrid LinUCB), fed back as features."""
+        as in hybrid LinUCB), fed back as features.
+
+        ``residuals`` are measured against the full prediction (shared model + this layer), so
+        each part is refitted by backfitting: the genre part learns the residual plus its own
+        current estimate (what is left once the artist part is taken out), and likewise the
+        artist part; ``weights`` are the IRLS weights of a logit link (1 for the identity)."""
         prof = self.profile(user_id)
         genres = self.catalogue.genre_idx[tracks]
-        np.add.at(prof.genre_res, genres, residuals)
-        w = np.ones(len(tracks)) if weights is None else weights
+        arts = self.artist_of[tracks]
+        w = np.ones(len(tracks)) if weights is None else np.asarray(weights, dtype=float)
+        g_now, a_now = self._layer_parts(prof, genres, arts, l2)
+        np.add.at(prof.genre_res, genres, residuals + w * g_now)
         np.add.at(prof.genre_res_n, genres, w)
-        for a, r, wi in zip(self.artist_of[tracks], residuals, w, strict=True):
+        for a, r, wi in zip(arts, residuals + w * a_now, w, strict=True):
             s, n = prof.artist_res.get(int(a), (0.0, 0))
             prof.artist_res[int(a)] = (s + float(r), n + float(wi))
+
+    def _layer_parts(self, prof: ListenerProfile, genres: np.ndarray, arts: np.ndarray, l2: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's (genre part, artist part) for these rows: ridge means of the residuals."""
+        g_part = prof.genre_res[genres] / (prof.genre_res_n[genres] + l2)
+        a_part = np.array([s / (n + l2) for s, n in (prof.artist_res.get(int(a), (0.0, 0)) for a in arts)])
+        return g_part, a_part.reshape(len(arts))
 
     def listener_layer(self, user_id: str, tracks: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Per candidate: the listener's own reward offset (ridge estimate from the residuals of

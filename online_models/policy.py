@@ -211,7 +211,7 @@ class HybridPolicy:
         else:
             residual, weight = self.ranker.update(X[seen], r, offset)
         if self.listener_layer:
-            self.gen.learn_residuals(user_id, tracks[seen], residual, weight)
+            self.gen.learn_residuals(user_id, tracks[seen], residual, weight, self.layer_l2)
         return len(seen)
 
     def snapshot(self) -> bytes:

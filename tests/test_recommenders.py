@@ -95,6 +95,22 @@ def test_explanations_name_their_anchor() -> None:
             assert "workout" in p.explanation
 
 
+def test_listener_layer_learns_the_whole_listener_offset_by_backfitting() -> None:
+    """Residuals come back measured against the full prediction (shared model + layer). The
+    layer must converge to the listener's whole offset, split between genre and artist parts,
+    not to half of it (what summing those residuals as if they were raw would give)."""
+    gen = CandidateGenerator(CAT, n_candidates=50)
+    tracks = np.flatnonzero(gen.artist_of == gen.artist_of[0])[:2]  # one artist, so one genre
+    true_offset = 0.4
+    for _ in range(300):  # the shared model predicts 0; the listener's reward is 0.4 higher
+        offset, _ = gen.listener_layer("u-1", tracks)
+        gen.learn_residuals("u-1", tracks, true_offset - offset)
+    learned, _ = gen.listener_layer("u-1", tracks)
+    assert learned == pytest.approx([true_offset, true_offset], abs=0.01)
+    other_genre = np.flatnonzero(CAT.genre_idx != CAT.genre_idx[tracks[0]])[:1]
+    assert gen.listener_layer("u-1", other_genre)[0] == pytest.approx([0.0])
+
+
 def test_reward_mapping_is_configurable_and_refuses_unknown_keys(tmp_path: Path) -> None:
     m = RewardMapping()
     assert m.of("skip", 5_000) == -0.5 and m.of("skip", 90_000) == -0.1
