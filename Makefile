@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_SECONDS ?= 60
 
 .PHONY: install system-deps up down status demo test lint schemas clean bench bench-karma bench-clickhouse \
-        bench-recommenders bench-bandits
+        bench-recommenders bench-bandits bench-ceiling
 
 install: $(STAMP) system-deps
 
@@ -53,6 +53,10 @@ bench: bench-karma bench-clickhouse bench-recommenders bench-bandits
 # closed-loop simulator, 100k events per policy: regret curves in bench/out/closed_loop.png
 bench-recommenders: install
 	$(PY) -m bench.closed_loop
+
+# what share of the oracle is reachable: learners told part of the simulator's truth, 3 seeds
+bench-ceiling: install
+	$(PY) -m bench.ceiling --seeds 7,8,9
 
 # linear bandits' score + update rate vs river LinUCBDisjoint and vowpalwabbit --cb_explore_adf
 bench-bandits: install

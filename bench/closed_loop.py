@@ -27,9 +27,11 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,11 +71,15 @@ class Curve:
 
 def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: int = 300,
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
-        rules: SlateRules | None = None, params: dict | None = None, progress: bool = True) -> Curve:
+        rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
+        factory: Callable[[World, SlateRules], Any] | None = None) -> Curve:
+    """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
+    (the ceiling bench's informed learners, which are handed part of the world's truth)."""
     catalogue = synthetic_catalogue(seed, n_tracks)
     world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}")
     rules = rules or SlateRules()
-    policy = make_policy(policy_name, catalogue, seed=seed, rules=rules, **(params or {}))
+    policy = (factory(world, rules) if factory is not None
+              else make_policy(policy_name, catalogue, seed=seed, rules=rules, **(params or {})))
     artist_of = world._artist_of
     gem = catalogue.popularity <= np.quantile(catalogue.popularity, 0.3)
     played_artists: dict[str, set[int]] = {}

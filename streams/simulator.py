@@ -145,14 +145,31 @@ class World:
     # --- ground truth ---------------------------------------------------------------------
     def affinity(self, listener: Listener, activity: str) -> np.ndarray:
         """Hidden utility of every track for this listener in this activity."""
+        return sum(self.affinity_parts(listener, activity).values())
+
+    def affinity_parts(self, listener: Listener, activity: str) -> dict[str, np.ndarray]:
+        """The hidden utility split into its terms (they sum to :meth:`affinity`):
+
+        - ``population``: what holds for every listener: closeness of the sound to what the
+          activity asks for, and the pull of popularity;
+        - ``sound_shift``: how the listener's own sound preference moves that;
+        - ``genre``: the listener's genre taste; ``favourites``: their favourite artists;
+        - ``temper``: how readily they skip anything (the same for every track).
+        """
         cat = self.catalogue
-        target = ACTIVITY_TARGET.get(activity, np.full(len(FEATURES), 0.5)) + listener.sound_shift
-        sound = -6.0 * ((cat.features - target) ** 2).sum(axis=1)
-        genre = 1.2 * np.log(listener.genre_taste[cat.genre_idx] + 0.05)
+        target = ACTIVITY_TARGET.get(activity, np.full(len(FEATURES), 0.5))
+        population = 1.0 - 6.0 * ((cat.features - target) ** 2).sum(axis=1) + 0.3 * self._popularity_pull
+        shifted = -6.0 * ((cat.features - target - listener.sound_shift) ** 2).sum(axis=1)
         fav = np.zeros(len(cat))
         if self._artist_of is not None:
             fav = np.isin(self._artist_of, list(listener.favourite_artists)) * 1.5
-        return 1.0 + sound + genre + fav + 0.3 * self._popularity_pull - listener.temper
+        return {
+            "population": population,
+            "sound_shift": shifted - (population - 1.0 - 0.3 * self._popularity_pull),
+            "genre": 1.2 * np.log(listener.genre_taste[cat.genre_idx] + 0.05),
+            "favourites": fav,
+            "temper": np.full(len(cat), -listener.temper),
+        }
 
     def completion_prob(self, listener: Listener, activity: str) -> np.ndarray:
         return _sigmoid(self.affinity(listener, activity))

@@ -211,3 +211,21 @@ def test_a_linear_bandit_beats_popularity_and_random_in_a_short_closed_loop() ->
     assert rate["linucb"] > rate["popularity"] > rate["random"] * 0.9
     assert curves["linucb"].regret < curves["popularity"].regret
     assert all(c.oracle[-1] >= c.reward[-1] for c in curves.values())  # the oracle is an upper bound
+
+
+def test_ceiling_bench_learner_told_the_truth_matches_the_oracle() -> None:
+    """The ceiling bench's harness check: greedy on the true completion probability under the
+    same slate rules is the oracle, so it scores exactly 100%; told less, it learns and scores
+    less, but more than a learner told nothing useful would."""
+    from bench.ceiling import TOLD, InformedLearner
+
+    def informed(told: tuple[str, ...]):
+        return lambda world, rules: InformedLearner(world, rules, told)
+
+    truth = run("truth", events=4000, n_listeners=20, n_tracks=400, progress=False, factory=informed(TOLD["truth"]))
+    assert truth.reward[-1] == pytest.approx(truth.oracle[-1], rel=1e-9)
+    learned = run("population", events=4000, n_listeners=20, n_tracks=400, progress=False,
+                  factory=informed(TOLD["population"]))
+    rand = run("random", events=4000, n_listeners=20, n_tracks=400, progress=False)
+    assert rand.reward[-1] / rand.impressions[-1] < learned.reward[-1] / learned.impressions[-1]
+    assert learned.reward[-1] < learned.oracle[-1]

@@ -97,3 +97,16 @@ def test_run_id_changes_event_ids_but_not_behaviour() -> None:
     assert a == a_again
     assert [x[1:] for x in a] == [x[1:] for x in b]
     assert not {x[0] for x in a} & {x[0] for x in b}
+
+
+def test_affinity_parts_sum_to_the_affinity() -> None:
+    world = World(synthetic_catalogue(5, 400), n_listeners=5, seed=3)
+    for listener in world.listeners:
+        for activity in ("workout", "sleep", "unknown"):
+            parts = world.affinity_parts(listener, activity)
+            assert set(parts) == {"population", "sound_shift", "genre", "favourites", "temper"}
+            assert np.allclose(sum(parts.values()), world.affinity(listener, activity))
+    # the population part is the same for every listener; the others are not
+    a, b = world.listeners[:2]
+    assert np.array_equal(world.affinity_parts(a, "party")["population"], world.affinity_parts(b, "party")["population"])
+    assert not np.allclose(world.affinity_parts(a, "party")["genre"], world.affinity_parts(b, "party")["genre"])

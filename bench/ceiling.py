@@ -1,0 +1,203 @@
+"""How close to the oracle can a learner get in the closed loop? Informed learners bound it.
+
+    python -m bench.ceiling                          # 100k events, seed 7, 300 listeners
+    python -m bench.ceiling --listeners 30 --seeds 7,8,9
+
+The closed-loop goal (>= 90% of the oracle's reward rate in the last 10k events, see
+:mod:`bench.closed_loop`) asks how much of each listener's hidden taste the events of the run
+can teach. This bench runs, in the same loop, learners that are *handed* part of the
+simulator's hidden truth (:meth:`streams.simulator.World.affinity_parts`) and learn the rest
+online from the completions they observe:
+
+- ``truth``:           told everything; greedy on the true completion probability. A check of
+                       the harness: it must match the oracle (100%).
+- ``all-but-favs``:    told everything except each listener's five favourite artists; learns
+                       a per-listener artist effect.
+- ``population+genre``: told the population model and each listener's genre taste; learns
+                       the listener's sound shift and artist effects.
+- ``population``:      told only the population model (what an activity asks of the sound,
+                       the pull of popularity; the same for every listener); learns each
+                       listener's genre taste, sound shift and artist effects.
+
+What is learned is a per-listener Bayesian logistic regression (the right model: the
+simulator's completion probability is the sigmoid of a sum of these terms), updated online
+after every reached item with the Laplace / extended-Kalman step (Gaussian posterior, one
+Newton step per observation), and slates are greedy on the posterior mean under the same
+slate rules. Priors match the simulator's scales (``--prior-*``). ``population`` is therefore
+a generous bound for any policy that must also learn the population model, which every
+serving policy must. Prints a table (mean over ``--seeds``) and writes
+``bench/out/ceiling.json``; the production policies in ``--policies`` run beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.closed_loop import OUT, run
+from online_models.candidates import CandidateGenerator
+from online_models.catalogue import FEATURES
+from online_models.context import ListeningContext
+from online_models.policy import Decided, _allowed
+from online_models.popularity import Slate, SlatePick
+from online_models.slate import SlateRules, fill
+from streams.simulator import World
+
+#: learner -> the affinity terms it is told; it learns the rest
+TOLD: dict[str, tuple[str, ...]] = {
+    "truth": ("population", "sound_shift", "genre", "temper", "favourites"),
+    "all-but-favs": ("population", "sound_shift", "genre", "temper"),
+    "population+genre": ("population", "genre", "temper"),
+    "population": ("population",),
+}
+
+
+class InformedLearner:
+    """Greedy on (told terms + posterior mean of the learned per-listener terms)."""
+
+    policy_id = "informed"
+    policy_version = "1"
+
+    def __init__(self, world: World, rules: SlateRules, told: tuple[str, ...], *,
+                 prior_genre: float = 1.5, prior_shift: float = 0.8, prior_artist: float = 0.7) -> None:
+        self.world, self.rules, self.told = world, rules, told
+        cat = world.catalogue
+        self.gen = CandidateGenerator(cat, n_candidates=1)  # artist ids and "discovery" as the policies see them
+        self.n_genres, self.n_artists = len(cat.genres), len(self.gen.artists)
+        # dense per-listener block: genre one-hot (unless told, with temper) and the centred
+        # sound features (unless the shift is told); artists as a separate diagonal block
+        self.learn_genre = "genre" not in told
+        self.learn_shift = "sound_shift" not in told
+        self.learn_artist = "favourites" not in told
+        blocks = []
+        if self.learn_genre:
+            blocks.append(np.full(self.n_genres, prior_genre**2))
+        if self.learn_shift:
+            blocks.append(np.full(len(FEATURES), prior_shift**2))
+        self.prior = np.diag(np.concatenate(blocks)) if blocks else np.zeros((0, 0))
+        self.prior_artist = prior_artist**2
+        centred = cat.features - cat.features.mean(axis=0)
+        genre_1h = np.eye(self.n_genres)[cat.genre_idx]
+        cols = ([genre_1h] if self.learn_genre else []) + ([centred] if self.learn_shift else [])
+        self.X = np.hstack(cols) if cols else np.zeros((len(cat), 0))
+        self.state: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _listener(self, user_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        s = self.state.get(user_id)
+        if s is None:
+            d = len(self.prior)
+            s = self.state[user_id] = (np.zeros(d), self.prior.copy(), np.zeros(self.n_artists),
+                                       np.full(self.n_artists, self.prior_artist))
+        return s
+
+    def _told(self, user_id: str, activity: str) -> np.ndarray:
+        parts = self.world.affinity_parts(self.world.by_id[user_id], activity)
+        return sum(parts[k] for k in self.told)
+
+    def _score(self, user_id: str, activity: str) -> np.ndarray:
+        mean, _, art_mean, _ = self._listener(user_id)
+        z = self._told(user_id, activity) + self.X @ mean
+        return z + art_mean[self.gen.artist_of] if self.learn_artist else z
+
+    def recommend(self, user_id: str, session_id: str, ctx: ListeningContext, k: int,
+                  rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
+        rows = np.flatnonzero(_allowed(len(self.world.catalogue), exclude))
+        z = self._score(user_id, ctx.activity)[rows]
+
+        def choose(allowed: np.ndarray) -> tuple[int, float, float]:
+            i = int(np.argmax(np.where(allowed, z, -np.inf)))
+            return i, 1.0, float(z[i])
+
+        order, _, scores = fill(choose, len(rows), k, self.rules, self.gen.artist_of[rows],
+                                self.gen.discovery(user_id, rows))
+        picks = tuple(SlatePick(int(rows[i]), float(s), 1.0, "for-you", "informed") for i, s in zip(order, scores, strict=True))
+        return Decided(Slate(picks, 1.0, self.policy_id, self.policy_version), (user_id, ctx.activity, rows[order]))
+
+    def observe(self, user_id: str, session_id: str, kind: str, track_idx: int, ctx: ListeningContext,
+                rating: float | None = None) -> None:
+        self.gen.observe(user_id, session_id, kind, track_idx, ctx, rating)  # artists played (discovery)
+
+    def learn(self, payload: Any, rewards: tuple[float | None, ...]) -> int:
+        """One Laplace / EKF step per reached item; the outcome is completion (reward > 0)."""
+        user_id, activity, tracks = payload
+        mean, cov, art_mean, art_var = self._listener(user_id)
+        told = self._told(user_id, activity)
+        n = 0
+        for i, r in zip(tracks, rewards, strict=True):
+            if r is None:
+                continue
+            n += 1
+            x, a = self.X[i], int(self.gen.artist_of[i])
+            z = told[i] + x @ mean + (art_mean[a] if self.learn_artist else 0.0)
+            p = 1.0 / (1.0 + np.exp(-z))
+            h = max(p * (1.0 - p), 1e-3)
+            cx = cov @ x
+            s = x @ cx + (art_var[a] if self.learn_artist else 0.0)  # predictive variance of z
+            gain = (float(r > 0) - p) / (1.0 + h * s)
+            mean += cx * gain
+            cov -= np.outer(cx, cx) * h / (1.0 + h * s)
+            if self.learn_artist:
+                art_mean[a] += art_var[a] * gain
+                art_var[a] -= art_var[a] ** 2 * h / (1.0 + h * s)
+        return n
+
+    def snapshot(self) -> bytes:  # the closed loop never restarts a policy
+        return b""
+
+    def restore(self, blob: bytes) -> None:
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--seeds", default="7", help="comma-separated; each learner runs once per seed")
+    ap.add_argument("--listeners", type=int, default=300)
+    ap.add_argument("--learners", default=",".join(TOLD))
+    ap.add_argument("--policies", default="linucb", help="production policies to run beside them ('' for none)")
+    ap.add_argument("--prior-genre", type=float, default=1.5, help="prior sd of a listener's genre effect (logit)")
+    ap.add_argument("--prior-shift", type=float, default=0.8, help="prior sd of a sound-shift slope (logit)")
+    ap.add_argument("--prior-artist", type=float, default=0.7, help="prior sd of an artist effect (logit)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = [n for n in args.learners.split(",") if n] + [p for p in args.policies.split(",") if p]
+    priors = {"prior_genre": args.prior_genre, "prior_shift": args.prior_shift, "prior_artist": args.prior_artist}
+    results: dict[str, list[float]] = {n: [] for n in names}
+    started = time.perf_counter()
+    for seed in seeds:
+        for name in names:
+            factory = None
+            if name in TOLD:
+                told = TOLD[name]
+
+                def factory(world: World, rules: SlateRules, told: tuple[str, ...] = told) -> InformedLearner:
+                    return InformedLearner(world, rules, told, **priors)
+            elif name not in ("random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn"):
+                raise SystemExit(f"unknown learner or policy {name!r}: learners are {', '.join(TOLD)}")
+            curve = run(name, events=args.events, seed=seed, n_listeners=args.listeners, progress=False,
+                        factory=factory)
+            last, olast = curve.rate_last(10_000)
+            results[name].append(last / olast)
+            print(f"  seed {seed}  {name:<17} {100 * last / olast:6.1f}% of oracle in the last 10k events"
+                  f"  ({curve.seconds:.0f} s, {time.perf_counter() - started:.0f} s so far)", flush=True)
+    print(f"\n{args.listeners} listeners, {args.events:,} events, seeds {args.seeds}: "
+          f"% of the oracle's reward rate in the last 10k events")
+    print(f"{'learner':<18} {'told':<48} {'mean':>6} {'min':>6} {'max':>6}")
+    for name, vals in results.items():
+        told = "+".join(TOLD[name]) if name in TOLD else "(serving policy: learns everything)"
+        v = 100 * np.array(vals)
+        print(f"{name:<18} {told:<48} {v.mean():6.1f} {v.min():6.1f} {v.max():6.1f}")
+    (args.out / "ceiling.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "pct_of_oracle_last_10k": results}, indent=1))
+    print(f"wrote {args.out / 'ceiling.json'}")
+
+
+if __name__ == "__main__":
+    main()
