@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--prior-genre", type=float, default=1.5, help="prior sd of a listener's genre effect (logit)")
     ap.add_argument("--prior-shift", type=float, default=0.8, help="prior sd of a sound-shift slope (logit)")
     ap.add_argument("--prior-artist", type=float, default=0.7, help="prior sd of an artist effect (logit)")
+    ap.add_argument("--communities", type=int, default=0, help="taste communities in the world (0: independent tastes)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -182,12 +183,12 @@ def main() -> None:
             elif name not in ("random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn"):
                 raise SystemExit(f"unknown learner or policy {name!r}: learners are {', '.join(TOLD)}")
             curve = run(name, events=args.events, seed=seed, n_listeners=args.listeners, progress=False,
-                        factory=factory)
+                        factory=factory, communities=args.communities)
             last, olast = curve.rate_last(10_000)
             results[name].append(last / olast)
             print(f"  seed {seed}  {name:<17} {100 * last / olast:6.1f}% of oracle in the last 10k events"
                   f"  ({curve.seconds:.0f} s, {time.perf_counter() - started:.0f} s so far)", flush=True)
-    print(f"\n{args.listeners} listeners, {args.events:,} events, seeds {args.seeds}: "
+    print(f"\n{args.listeners} listeners, {args.communities} communities, {args.events:,} events, seeds {args.seeds}: "
           f"% of the oracle's reward rate in the last 10k events")
     print(f"{'learner':<18} {'told':<48} {'mean':>6} {'min':>6} {'max':>6}")
     for name, vals in results.items():

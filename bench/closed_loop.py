@@ -72,11 +72,12 @@ class Curve:
 def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: int = 300,
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
         rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
-        factory: Callable[[World, SlateRules], Any] | None = None) -> Curve:
+        factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 0) -> Curve:
     """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
     (the ceiling bench's informed learners, which are handed part of the world's truth)."""
     catalogue = synthetic_catalogue(seed, n_tracks)
-    world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}")
+    world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}",
+                  communities=communities)
     rules = rules or SlateRules()
     policy = (factory(world, rules) if factory is not None
               else make_policy(policy_name, catalogue, seed=seed, rules=rules, **(params or {})))
@@ -195,6 +196,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--listeners", type=int, default=300)
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--communities", type=int, default=0,
+                    help="group listeners into this many taste communities (0: independent tastes, the default world)")
     ap.add_argument("--discovery-share", type=float, default=SlateRules().discovery_share,
                     help="share of slate positions kept for discovery candidates (the product default)")
     ap.add_argument("--artist-cap", type=int, default=SlateRules().artist_cap)
@@ -208,7 +211,7 @@ def main() -> None:
         print(f"{name}: running {args.events:,} events (seed {args.seed}, {args.listeners} listeners)", flush=True)
         curves.append(run(name, events=args.events, seed=args.seed, n_listeners=args.listeners,
                           rules=SlateRules(artist_cap=args.artist_cap, discovery_share=args.discovery_share),
-                          params=dict(args.params)))
+                          params=dict(args.params), communities=args.communities))
     pop = next((c for c in curves if c.policy == "popularity"), None)
     print(f"\n{'policy':<12} {'reward/imp':>10} {'last10k':>8} {'oracle10k':>9} {'%oracle':>8} "
           f"{'regret':>9} {'%pop regret':>11} {'%free oracle':>12} {'seconds':>8}")

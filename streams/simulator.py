@@ -108,11 +108,20 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class World:
     """The catalogue, the listeners and the rules of how they react."""
 
-    def __init__(self, catalogue: Catalogue, n_listeners: int = 500, seed: int = 11, run_id: str = "") -> None:
+    def __init__(self, catalogue: Catalogue, n_listeners: int = 500, seed: int = 11, run_id: str = "",
+                 communities: int = 0) -> None:
         """``run_id`` makes event ids unique to a run (a worker de-duplicates ids it has seen);
-        the same seed and run id replay the same events, ids included."""
+        the same seed and run id replay the same events, ids included.
+
+        ``communities`` > 0 groups listeners into that many taste communities: a listener's
+        genre taste is drawn around their community's and three of their five favourite
+        artists come from the community's eight, so listeners in a community share tastes
+        (what collaborative filtering learns from). 0 (the default): every listener's taste
+        is drawn independently."""
         if n_listeners < 1:
             raise ValueError("n_listeners must be >= 1")
+        if communities < 0:
+            raise ValueError(f"communities must be >= 0, got {communities}")
         self.run_id = run_id
         id_space = uuid.uuid5(uuid.NAMESPACE_URL, f"encore-sim:{seed}:{run_id}")
         self.catalogue = catalogue
@@ -122,9 +131,20 @@ class World:
         self._artist_of = np.array([artist_ids.index(a) for a in catalogue.artist_ids]) if len(artist_ids) < 5000 else None
         n_genres = len(catalogue.genres)
         self.listeners: list[Listener] = []
+        # communities come from their own generator, so communities=0 draws the same world as before
+        c_rng = np.random.default_rng([seed, 1])
+        c_taste = c_rng.dirichlet(np.full(n_genres, 0.35), size=communities)
+        c_favs = [c_rng.choice(len(artist_ids), size=min(8, len(artist_ids)), replace=False) for _ in range(communities)]
+        self.community: list[int] = []
         for u in range(n_listeners):
             taste = rng.dirichlet(np.full(n_genres, 0.35)) * n_genres
             favs = frozenset(int(a) for a in rng.choice(len(artist_ids), size=min(5, len(artist_ids)), replace=False))
+            if communities:
+                c = int(c_rng.integers(communities))
+                taste = c_rng.dirichlet(10.0 * c_taste[c] + 0.02) * n_genres
+                shared = c_rng.choice(c_favs[c], size=min(3, len(c_favs[c])), replace=False)
+                favs = frozenset(int(a) for a in shared) | frozenset(sorted(favs - set(shared.tolist()))[:2])
+                self.community.append(c)
             self.listeners.append(
                 Listener(
                     user_id=f"u-{u:05d}",

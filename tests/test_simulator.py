@@ -110,3 +110,23 @@ def test_affinity_parts_sum_to_the_affinity() -> None:
     a, b = world.listeners[:2]
     assert np.array_equal(world.affinity_parts(a, "party")["population"], world.affinity_parts(b, "party")["population"])
     assert not np.allclose(world.affinity_parts(a, "party")["genre"], world.affinity_parts(b, "party")["genre"])
+
+
+def test_taste_communities_share_genre_tastes_and_favourites() -> None:
+    cat = synthetic_catalogue(5, 400)
+    world = World(cat, n_listeners=120, seed=6, communities=4)
+    taste = np.array([listener.genre_taste for listener in world.listeners])
+    community = np.array(world.community)
+    corr = np.corrcoef(taste)
+    same = (community[:, None] == community[None, :]) & ~np.eye(len(taste), dtype=bool)
+    assert corr[same].mean() > corr[~same & ~np.eye(len(taste), dtype=bool)].mean() + 0.3
+    members = [lst for lst, c in zip(world.listeners, community, strict=True) if c == community[0]]
+    shared = set.intersection(*(set(m.favourite_artists) for m in members[:2]))
+    assert all(len(m.favourite_artists) == 5 for m in members) and members[0].favourite_artists != members[1].favourite_artists
+    assert len(shared) >= 1  # three of five favourites come from the community's eight
+    # communities=0 is the world of independent tastes, drawn exactly as before the option existed
+    plain, zero = World(cat, n_listeners=10, seed=6), World(cat, n_listeners=10, seed=6, communities=0)
+    assert [sorted(p.favourite_artists) for p in plain.listeners] == [sorted(z.favourite_artists) for z in zero.listeners]
+    assert plain.community == [] and np.array_equal(plain.listeners[3].genre_taste, zero.listeners[3].genre_taste)
+    with pytest.raises(ValueError, match="communities"):
+        World(cat, n_listeners=3, communities=-1)
