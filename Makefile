@@ -54,9 +54,10 @@ bench: bench-karma bench-clickhouse bench-recommenders bench-bandits
 bench-recommenders: install
 	$(PY) -m bench.closed_loop
 
-# what share of the oracle is reachable: learners told part of the simulator's truth, 3 seeds
+# what share of the oracle is reachable: learners told part of the simulator's truth, by
+# listeners (events per listener), 3 seeds; ~15 min; plot in bench/out/ceiling.png
 bench-ceiling: install
-	$(PY) -m bench.ceiling --seeds 7,8,9
+	$(PY) -m bench.ceiling --listeners 30,100,300 --seeds 7,8,9
 
 # linear bandits' score + update rate vs river LinUCBDisjoint and vowpalwabbit --cb_explore_adf
 bench-bandits: install

@@ -1,7 +1,7 @@
 """How close to the oracle can a learner get in the closed loop? Informed learners bound it.
 
     python -m bench.ceiling                          # 100k events, seed 7, 300 listeners
-    python -m bench.ceiling --listeners 30 --seeds 7,8,9
+    python -m bench.ceiling --listeners 30,100,300 --seeds 7,8,9   # what make bench-ceiling runs
 
 The closed-loop goal (>= 90% of the oracle's reward rate in the last 10k events, see
 :mod:`bench.closed_loop`) asks how much of each listener's hidden taste the events of the run
@@ -25,8 +25,9 @@ after every reached item with the Laplace / extended-Kalman step (Gaussian poste
 Newton step per observation), and slates are greedy on the posterior mean under the same
 slate rules. Priors match the simulator's scales (``--prior-*``). ``population`` is therefore
 a generous bound for any policy that must also learn the population model, which every
-serving policy must. Prints a table (mean over ``--seeds``) and writes
-``bench/out/ceiling.json``; the production policies in ``--policies`` run beside them.
+serving policy must. Prints a table per listener count (mean, min and max over ``--seeds``) and writes
+``bench/out/ceiling.json``, and with several listener counts ``bench/out/ceiling.png`` (% of the
+oracle against events per listener); the serving policies in ``--policies`` run beside them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from bench.closed_loop import OUT, run
 from online_models.candidates import CandidateGenerator
 from online_models.catalogue import FEATURES
 from online_models.context import ListeningContext
-from online_models.policy import Decided, _allowed
+from online_models.policy import POLICIES, Decided, _allowed
 from online_models.popularity import Slate, SlatePick
 from online_models.slate import SlateRules, fill
 from streams.simulator import World
@@ -153,11 +154,38 @@ class InformedLearner:
         return None
 
 
+def plot(results: dict[int, dict[str, list[float]]], events: int, path: Path) -> None:
+    """% of the oracle against events per listener: mean over seeds, bars from min to max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    counts = sorted(results)
+    per_listener = [events / n for n in counts]
+    for name in results[counts[0]]:
+        v = np.array([[100 * x for x in results[n][name]] for n in counts])
+        mean = v.mean(axis=1)
+        ax.errorbar(per_listener, mean, yerr=[mean - v.min(axis=1), v.max(axis=1) - mean], marker="o",
+                    capsize=3, label=name if name not in TOLD else f"told {'+'.join(TOLD[name])}" if name != "truth"
+                    else "told everything (harness check)")
+    ax.axhline(90, color="k", ls=":", label="goal: 90% of the oracle")
+    ax.set(xscale="log", xlabel="events per listener in the run (100k events / listeners)",
+           ylabel="% of the oracle's reward rate, last 10k events",
+           title="What share of the oracle is reachable, by how much each listener is seen")
+    ax.set_xticks(per_listener, [f"{p:,.0f}\n({n} listeners)" for p, n in zip(per_listener, counts, strict=True)])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--seeds", default="7", help="comma-separated; each learner runs once per seed")
-    ap.add_argument("--listeners", type=int, default=300)
+    ap.add_argument("--listeners", default="300", help="comma-separated listener counts; several give a plot")
     ap.add_argument("--learners", default=",".join(TOLD))
     ap.add_argument("--policies", default="linucb", help="production policies to run beside them ('' for none)")
     ap.add_argument("--prior-genre", type=float, default=1.5, help="prior sd of a listener's genre effect (logit)")
@@ -168,36 +196,45 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    counts = [int(n) for n in args.listeners.split(",")]
     names = [n for n in args.learners.split(",") if n] + [p for p in args.policies.split(",") if p]
+    for name in names:
+        if name not in TOLD and name not in POLICIES:
+            raise SystemExit(f"unknown learner or policy {name!r}: learners are {', '.join(TOLD)}; "
+                             f"policies are {', '.join(POLICIES)}")
     priors = {"prior_genre": args.prior_genre, "prior_shift": args.prior_shift, "prior_artist": args.prior_artist}
-    results: dict[str, list[float]] = {n: [] for n in names}
+    results: dict[int, dict[str, list[float]]] = {n: {name: [] for name in names} for n in counts}
     started = time.perf_counter()
-    for seed in seeds:
-        for name in names:
-            factory = None
-            if name in TOLD:
-                told = TOLD[name]
+    for n_listeners in counts:
+        for seed in seeds:
+            for name in names:
+                factory = None
+                if name in TOLD:
+                    told = TOLD[name]
 
-                def factory(world: World, rules: SlateRules, told: tuple[str, ...] = told) -> InformedLearner:
-                    return InformedLearner(world, rules, told, **priors)
-            elif name not in ("random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn"):
-                raise SystemExit(f"unknown learner or policy {name!r}: learners are {', '.join(TOLD)}")
-            curve = run(name, events=args.events, seed=seed, n_listeners=args.listeners, progress=False,
-                        factory=factory, communities=args.communities)
-            last, olast = curve.rate_last(10_000)
-            results[name].append(last / olast)
-            print(f"  seed {seed}  {name:<17} {100 * last / olast:6.1f}% of oracle in the last 10k events"
-                  f"  ({curve.seconds:.0f} s, {time.perf_counter() - started:.0f} s so far)", flush=True)
-    print(f"\n{args.listeners} listeners, {args.communities} communities, {args.events:,} events, seeds {args.seeds}: "
-          f"% of the oracle's reward rate in the last 10k events")
-    print(f"{'learner':<18} {'told':<48} {'mean':>6} {'min':>6} {'max':>6}")
-    for name, vals in results.items():
-        told = "+".join(TOLD[name]) if name in TOLD else "(serving policy: learns everything)"
-        v = 100 * np.array(vals)
-        print(f"{name:<18} {told:<48} {v.mean():6.1f} {v.min():6.1f} {v.max():6.1f}")
+                    def factory(world: World, rules: SlateRules, told: tuple[str, ...] = told) -> InformedLearner:
+                        return InformedLearner(world, rules, told, **priors)
+                curve = run(name, events=args.events, seed=seed, n_listeners=n_listeners, progress=False,
+                            factory=factory, communities=args.communities)
+                last, olast = curve.rate_last(10_000)
+                results[n_listeners][name].append(last / olast)
+                print(f"  {n_listeners} listeners  seed {seed}  {name:<17} {100 * last / olast:6.1f}% of oracle "
+                      f"in the last 10k events  ({curve.seconds:.0f} s, {time.perf_counter() - started:.0f} s so far)",
+                      flush=True)
+    for n_listeners in counts:
+        print(f"\n{n_listeners} listeners ({args.events / n_listeners:,.0f} events each), {args.communities} "
+              f"communities, {args.events:,} events, seeds {args.seeds}: % of the oracle's reward rate in the last 10k events")
+        print(f"{'learner':<18} {'told':<48} {'mean':>6} {'min':>6} {'max':>6}")
+        for name, vals in results[n_listeners].items():
+            told = "+".join(TOLD[name]) if name in TOLD else "(serving policy: learns everything)"
+            v = 100 * np.array(vals)
+            print(f"{name:<18} {told:<48} {v.mean():6.1f} {v.min():6.1f} {v.max():6.1f}")
     (args.out / "ceiling.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "pct_of_oracle_last_10k": results}, indent=1))
-    print(f"wrote {args.out / 'ceiling.json'}")
+    print(f"\nwrote {args.out / 'ceiling.json'}")
+    if len(counts) > 1:
+        plot(results, args.events, args.out / "ceiling.png")
+        print(f"plot: {args.out / 'ceiling.png'}")
 
 
 if __name__ == "__main__":
