@@ -23,7 +23,8 @@ What is learned is a per-listener Bayesian logistic regression (the right model:
 simulator's completion probability is the sigmoid of a sum of these terms), updated online
 after every reached item with the Laplace / extended-Kalman step (Gaussian posterior, one
 Newton step per observation), and slates are greedy on the posterior mean under the same
-slate rules. Priors match the simulator's scales (``--prior-*``). ``population`` is therefore
+slate rules (``--ucb`` / ``--thompson`` explore instead; neither scored higher). Priors match the
+simulator's scales (``--prior-*``). ``population`` is therefore
 a generous bound for any policy that must also learn the population model, which every
 serving policy must. Prints a table per listener count (mean, min and max over ``--seeds``) and writes
 ``bench/out/ceiling.json``, and with several listener counts ``bench/out/ceiling.png`` (% of the
@@ -65,8 +66,12 @@ class InformedLearner:
     policy_version = "1"
 
     def __init__(self, world: World, rules: SlateRules, told: tuple[str, ...], *,
-                 prior_genre: float = 1.5, prior_shift: float = 0.8, prior_artist: float = 0.7) -> None:
+                 prior_genre: float = 1.5, prior_shift: float = 0.8, prior_artist: float = 0.7,
+                 genre_mean: float = 0.0, ucb: float = 0.0, thompson: float = 0.0) -> None:
+        """Greedy by default; ``ucb`` adds that many posterior sds of the learned terms,
+        ``thompson`` > 0 draws them from the posterior widened by that factor."""
         self.world, self.rules, self.told = world, rules, told
+        self.ucb, self.thompson = ucb, thompson
         cat = world.catalogue
         self.gen = CandidateGenerator(cat, n_candidates=1)  # artist ids and "discovery" as the policies see them
         self.n_genres, self.n_artists = len(cat.genres), len(self.gen.artists)
@@ -81,6 +86,9 @@ class InformedLearner:
         if self.learn_shift:
             blocks.append(np.full(len(FEATURES), prior_shift**2))
         self.prior = np.diag(np.concatenate(blocks)) if blocks else np.zeros((0, 0))
+        self.prior_mean = np.zeros(len(self.prior))
+        if self.learn_genre:
+            self.prior_mean[:self.n_genres] = genre_mean
         self.prior_artist = prior_artist**2
         centred = cat.features - cat.features.mean(axis=0)
         genre_1h = np.eye(self.n_genres)[cat.genre_idx]
@@ -91,8 +99,7 @@ class InformedLearner:
     def _listener(self, user_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         s = self.state.get(user_id)
         if s is None:
-            d = len(self.prior)
-            s = self.state[user_id] = (np.zeros(d), self.prior.copy(), np.zeros(self.n_artists),
+            s = self.state[user_id] = (self.prior_mean.copy(), self.prior.copy(), np.zeros(self.n_artists),
                                        np.full(self.n_artists, self.prior_artist))
         return s
 
@@ -100,15 +107,22 @@ class InformedLearner:
         parts = self.world.affinity_parts(self.world.by_id[user_id], activity)
         return sum(parts[k] for k in self.told)
 
-    def _score(self, user_id: str, activity: str) -> np.ndarray:
-        mean, _, art_mean, _ = self._listener(user_id)
-        z = self._told(user_id, activity) + self.X @ mean
-        return z + art_mean[self.gen.artist_of] if self.learn_artist else z
+    def _score(self, user_id: str, activity: str, rng: np.random.Generator) -> np.ndarray:
+        mean, cov, art_mean, art_var = self._listener(user_id)
+        if self.thompson > 0:  # one draw of the learned terms from the (widened) posterior
+            mean = rng.multivariate_normal(mean, self.thompson**2 * cov, method="cholesky") if len(mean) else mean
+            art_mean = art_mean + self.thompson * np.sqrt(art_var) * rng.standard_normal(len(art_mean))
+        arts = self.gen.artist_of
+        z = self._told(user_id, activity) + self.X @ mean + (art_mean[arts] if self.learn_artist else 0.0)
+        if self.ucb > 0:
+            var = ((self.X @ cov) * self.X).sum(axis=1) + (art_var[arts] if self.learn_artist else 0.0)
+            z = z + self.ucb * np.sqrt(var)
+        return z
 
     def recommend(self, user_id: str, session_id: str, ctx: ListeningContext, k: int,
                   rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
         rows = np.flatnonzero(_allowed(len(self.world.catalogue), exclude))
-        z = self._score(user_id, ctx.activity)[rows]
+        z = self._score(user_id, ctx.activity, rng)[rows]
 
         def choose(allowed: np.ndarray) -> tuple[int, float, float]:
             i = int(np.argmax(np.where(allowed, z, -np.inf)))
@@ -168,13 +182,14 @@ def plot(results: dict[int, dict[str, list[float]]], events: int, path: Path) ->
         v = np.array([[100 * x for x in results[n][name]] for n in counts])
         mean = v.mean(axis=1)
         ax.errorbar(per_listener, mean, yerr=[mean - v.min(axis=1), v.max(axis=1) - mean], marker="o",
-                    capsize=3, label=name if name not in TOLD else f"told {'+'.join(TOLD[name])}" if name != "truth"
+                    capsize=3, label=f"{name} (serving policy)" if name not in TOLD else f"told {'+'.join(TOLD[name])}" if name != "truth"
                     else "told everything (harness check)")
     ax.axhline(90, color="k", ls=":", label="goal: 90% of the oracle")
     ax.set(xscale="log", xlabel="events per listener in the run (100k events / listeners)",
            ylabel="% of the oracle's reward rate, last 10k events",
            title="What share of the oracle is reachable, by how much each listener is seen")
     ax.set_xticks(per_listener, [f"{p:,.0f}\n({n} listeners)" for p, n in zip(per_listener, counts, strict=True)])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -191,6 +206,11 @@ def main() -> None:
     ap.add_argument("--prior-genre", type=float, default=1.5, help="prior sd of a listener's genre effect (logit)")
     ap.add_argument("--prior-shift", type=float, default=0.8, help="prior sd of a sound-shift slope (logit)")
     ap.add_argument("--prior-artist", type=float, default=0.7, help="prior sd of an artist effect (logit)")
+    ap.add_argument("--prior-genre-mean", type=float, default=0.0,
+                    help="prior mean of a genre effect (0 is optimistic: the average genre effect is about -1.1)")
+    ap.add_argument("--ucb", type=float, default=0.0, help="learners add this many posterior sds (0: greedy)")
+    ap.add_argument("--thompson", type=float, default=0.0,
+                    help="> 0: learners draw from the posterior widened by this factor (Thompson sampling)")
     ap.add_argument("--communities", type=int, default=0, help="taste communities in the world (0: independent tastes)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -202,7 +222,8 @@ def main() -> None:
         if name not in TOLD and name not in POLICIES:
             raise SystemExit(f"unknown learner or policy {name!r}: learners are {', '.join(TOLD)}; "
                              f"policies are {', '.join(POLICIES)}")
-    priors = {"prior_genre": args.prior_genre, "prior_shift": args.prior_shift, "prior_artist": args.prior_artist}
+    priors = {"prior_genre": args.prior_genre, "prior_shift": args.prior_shift, "prior_artist": args.prior_artist,
+              "genre_mean": args.prior_genre_mean, "ucb": args.ucb, "thompson": args.thompson}
     results: dict[int, dict[str, list[float]]] = {n: {name: [] for name in names} for n in counts}
     started = time.perf_counter()
     for n_listeners in counts:
