@@ -178,14 +178,14 @@ class World:
         """
         cat = self.catalogue
         target = ACTIVITY_TARGET.get(activity, np.full(len(FEATURES), 0.5))
-        population = 1.0 - 6.0 * ((cat.features - target) ** 2).sum(axis=1) + 0.3 * self._popularity_pull
-        shifted = -6.0 * ((cat.features - target - listener.sound_shift) ** 2).sum(axis=1)
+        sound = -6.0 * ((cat.features - target) ** 2).sum(axis=1)
+        own_sound = -6.0 * ((cat.features - target - listener.sound_shift) ** 2).sum(axis=1)
         fav = np.zeros(len(cat))
         if self._artist_of is not None:
             fav = np.isin(self._artist_of, list(listener.favourite_artists)) * 1.5
         return {
-            "population": population,
-            "sound_shift": shifted - (population - 1.0 - 0.3 * self._popularity_pull),
+            "population": 1.0 + sound + 0.3 * self._popularity_pull,
+            "sound_shift": own_sound - sound,
             "genre": 1.2 * np.log(listener.genre_taste[cat.genre_idx] + 0.05),
             "favourites": fav,
             "temper": np.full(len(cat), -listener.temper),
