@@ -196,31 +196,28 @@ class CandidateGenerator:
         genres = self.catalogue.genre_idx[tracks]
         arts = self.artist_of[tracks]
         w = np.ones(len(tracks)) if weights is None else np.asarray(weights, dtype=float)
-        g_now, a_now = self._layer_parts(prof, genres, arts, l2)
+        g_now, a_now, _ = self._layer_parts(prof, tracks, l2)
         np.add.at(prof.genre_res, genres, residuals + w * g_now)
         np.add.at(prof.genre_res_n, genres, w)
         for a, r, wi in zip(arts, residuals + w * a_now, w, strict=True):
             s, n = prof.artist_res.get(int(a), (0.0, 0))
             prof.artist_res[int(a)] = (s + float(r), n + float(wi))
 
-    def _layer_parts(self, prof: ListenerProfile, genres: np.ndarray, arts: np.ndarray, l2: float
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The layer's (genre part, artist part) for these rows: ridge means of the residuals."""
-        g_part = prof.genre_res[genres] / (prof.genre_res_n[genres] + l2)
-        a_part = np.array([s / (n + l2) for s, n in (prof.artist_res.get(int(a), (0.0, 0)) for a in arts)])
-        return g_part, a_part.reshape(len(arts))
-
-    def listener_layer(self, user_id: str, tracks: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Per candidate: the listener's own reward offset (ridge estimate from the residuals of
-        its genre and artist) and its uncertainty (1 / sqrt(l2 + observations))."""
-        prof = self.profile(user_id)
+    def _layer_parts(self, prof: ListenerProfile, tracks: np.ndarray, l2: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per track: the layer's genre part and artist part (ridge means of their residuals),
+        and the weight of the genre's observations."""
         g = self.catalogue.genre_idx[tracks]
         n_g = prof.genre_res_n[g]
         _, _, a_sum, a_n = prof.artist_arrays(len(self.artists))
         arts = self.artist_of[tracks]
-        offset = prof.genre_res[g] / (n_g + l2) + a_sum[arts] / (a_n[arts] + l2)
-        spread = 1.0 / np.sqrt(n_g + l2)
-        return offset, spread
+        return prof.genre_res[g] / (n_g + l2), a_sum[arts] / (a_n[arts] + l2), n_g
+
+    def listener_layer(self, user_id: str, tracks: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate: the listener's own reward offset (ridge estimate from the residuals of
+        its genre and artist) and its uncertainty (1 / sqrt(l2 + observations))."""
+        g_part, a_part, n_g = self._layer_parts(self.profile(user_id), tracks, l2)
+        return g_part + a_part, 1.0 / np.sqrt(n_g + l2)
 
     # --- scoring ----------------------------------------------------------------------------
     def content_scores(self, prof: ListenerProfile, ctx: ListeningContext) -> np.ndarray:
