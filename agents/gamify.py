@@ -150,14 +150,22 @@ def week_of(at: datetime) -> int:
     return (at.astimezone(UTC).date().toordinal() - 1) // 7
 
 
-def effect_for(event: Interaction, rules: Rules, catalogue: Catalogue | None = None) -> Effect | None:
-    """The effect of one interaction, or None when no rule gives it any (rec_request, play_start)."""
+def effect_for(event: Interaction, rules: Rules, catalogue: Catalogue | None = None, *,
+               artist: str | None = None, genre: str | None = None, local: datetime | None = None) -> Effect | None:
+    """The effect of one interaction, or None when no rule gives it any (rec_request, play_start).
+
+    The worker passes what it already looked up about the event (``artist``, ``genre`` and the
+    listener's ``local`` time); otherwise they come from ``catalogue``."""
     w = rules.karma
     kind = event.kind
-    idx = catalogue.index.get(event.track_id or "") if catalogue is not None else None
-    artist = event.artist_id or (catalogue.artist_ids[idx] if catalogue is not None and idx is not None else None)
-    genre = catalogue.genre_of(idx) if catalogue is not None and idx is not None else None
-    local = event.local_time()
+    if kind in (Kind.REC_REQUEST, Kind.PLAY_START, Kind.DISLIKE):
+        return None
+    if local is None:
+        idx = catalogue.index.get(event.track_id or "") if catalogue is not None else None
+        artist = event.artist_id or (catalogue.artist_ids[idx] if catalogue is not None and idx is not None else None)
+        genre = catalogue.genre_of(idx) if catalogue is not None and idx is not None else None
+        local = event.local_time()
+    artist, genre = artist or None, genre or None
     incr: dict[str, int] = {}
     sets: list[tuple[str, str, str, int]] = []
     karma = 0

@@ -36,7 +36,12 @@ def ingest(
     """Decode and validate every record; never raises on input. Good events keep their order."""
     out = Ingested([], [])
     for i, rec in enumerate(records):
-        decoded = decode_events(rec.value, serde, max_bytes=max_bytes, max_events=max_events)
+        try:
+            decoded = decode_events(rec.value, serde, max_bytes=max_bytes, max_events=max_events)
+        except Exception as exc:  # a decoder bug or an input nobody foresaw: this record alone pays
+            out.dead.append(dead_letter(rec, STEP, "undecodable", f"{type(exc).__name__}: {str(exc)[:500]}",
+                                        rec.value or b"", now))
+            continue
         out.events.extend(decoded.events)
         out.origin.extend([i] * len(decoded.events))
         for bad in decoded.rejected:
@@ -47,9 +52,14 @@ def ingest(
     return out
 
 
+MAX_DEAD_RAW = 512_000  # a dead letter must fit in one Kafka record whatever it carries
+
+
 def dead_letter(
     rec: RawRecord, step: str, reason: str, error: str, raw: bytes, now: datetime, index: int | None = None
 ) -> DeadLetter:
+    if len(raw) > MAX_DEAD_RAW:
+        error, raw = f"{error} (raw truncated to its first {MAX_DEAD_RAW} bytes)", raw[:MAX_DEAD_RAW]
     return DeadLetter(
         topic=rec.topic, partition=rec.partition, offset=rec.offset, step=step, reason=reason,
         error=error[:2000], index=index, key=rec.key, raw=raw, received_at=now,

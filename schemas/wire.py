@@ -226,8 +226,10 @@ def decode_events(
 def _json_items(data: bytes) -> tuple[list[Any], list[bytes | None]]:
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError("bad_json", f"value is neither Confluent Avro nor JSON: {exc}") from exc
+    except RecursionError:
+        raise DecodeError("bad_json", "JSON nested too deeply to read; send flat event objects") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
+        raise DecodeError("bad_json", f"value is neither Confluent Avro nor JSON: {str(exc)[:300]}") from None
     if isinstance(doc, dict) and "events" in doc and "kind" not in doc:
         doc = doc["events"]
     if isinstance(doc, dict):

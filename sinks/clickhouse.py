@@ -7,8 +7,14 @@ is served by that same process.
 
 Idempotence: every table is a ReplacingMergeTree keyed by the record's identity (event_id,
 rec_id + position, ...), read with FINAL; aggregates kept by materialised views count
-``uniqExact`` of event ids; and each flush carries an insert deduplication token derived from
-the Kafka offsets it covers, so a retried flush is dropped by the server outright.
+``uniqExact`` of event ids; and each INSERT carries a deduplication token made from the
+identities of its rows (never from Kafka offsets, which a reset broker hands out again), so a
+retried flush is dropped by the server outright.
+
+Failures come back classified: :class:`StoreUnavailable` (the store cannot be reached or is
+overloaded: retry later, nothing is lost) or, for rows the store refuses, a ``refused`` list in
+:class:`Flushed` (bisected down to the offending rows, so their neighbours are written). An
+INSERT never spans more partitions than ClickHouse accepts in one block.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from online_models.catalogue import Catalogue
 from schemas.events import Interaction, Recommendation
@@ -46,8 +53,38 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: how each table is partitioned (its PARTITION BY, on the row's values) and which columns are
+#: its rows' identity (the insert deduplication token is made of them)
+PARTITION_OF = {
+    "events": lambda row: row[3].strftime("%Y%m%d"),
+    "recommendations": lambda row: row[3].strftime("%Y%m%d"),
+    "karma_history": lambda row: row[6].strftime("%Y%m"),
+    "leaderboard_snapshots": lambda row: row[1].strftime("%Y%m"),
+}
+IDENTITY = {"events": (0,), "recommendations": (0, 7), "karma_history": (0, 2), "leaderboard_snapshots": (0, 1, 2)}
+MAX_PARTITIONS_PER_INSERT = 90  # ClickHouse refuses a block over 100 (max_partitions_per_insert_block)
+#: server error names that mean "later", not "never"
+TRANSIENT_NAMES = ("TOO_MANY_PARTS", "MEMORY_LIMIT_EXCEEDED", "TIMEOUT", "NETWORK", "SOCKET", "CANNOT_SCHEDULE",
+                   "TOO_MANY_SIMULTANEOUS_QUERIES", "ALL_CONNECTION_TRIES_FAILED", "READONLY", "TABLE_IS_READ_ONLY")
+
+
 class ClickHouseError(RuntimeError):
     """ClickHouse could not be reached or refused a statement; the message says what to check."""
+
+
+class StoreUnavailable(ClickHouseError):
+    """Transient: the store cannot take the rows now. Retry the same flush later."""
+
+
+class RowsRefused(ClickHouseError):
+    """Permanent: the store refused these rows (retrying the same rows cannot succeed)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | OSError | ConnectionError | TimeoutError):
+        return True
+    text = str(exc)
+    return any(name in text for name in TRANSIENT_NAMES)
 
 
 class ClickHouseStore:
@@ -92,24 +129,23 @@ class ClickHouseStore:
         return applied
 
     # --- write / read ---------------------------------------------------------------------
-    def insert(self, table: str, rows: list[list[Any]], token: str | None = None, retries: int = 3) -> None:
-        """One INSERT of ``rows``; retried with backoff. With ``token`` a repeat is dropped."""
+    def insert(self, table: str, rows: list[list[Any]], token: str | None = None) -> None:
+        """One INSERT of ``rows`` (one attempt). With ``token`` a repeat is dropped by the server.
+        Raises :class:`StoreUnavailable` (retry later) or :class:`RowsRefused` (never)."""
         if not rows:
             return
         settings = {"insert_deduplication_token": token, "insert_deduplicate": 1,
                     "deduplicate_blocks_in_dependent_materialized_views": 1} if token else None
-        for attempt in range(retries + 1):
-            try:
-                columns = [list(c) for c in zip(*rows, strict=True)]  # column-oriented: ~25% faster
-                with self._lock:
-                    self.client.insert(table, columns, column_names=list(COLUMNS[table]), settings=settings,
-                                       column_oriented=True)
-                return
-            except Exception as exc:
-                if attempt == retries:
-                    raise ClickHouseError(f"insert into {table} failed {retries + 1} times: {exc}") from exc
-                log.warning("insert into %s failed (%s); retrying", table, exc)
-                time.sleep(0.2 * 2**attempt)
+        columns = [list(c) for c in zip(*rows, strict=True)]  # column-oriented: ~25% faster
+        try:
+            with self._lock:
+                self.client.insert(table, columns, column_names=list(COLUMNS[table]), settings=settings,
+                                   column_oriented=True)
+        except Exception as exc:
+            if is_transient(exc):
+                raise StoreUnavailable(f"insert into {table} failed: {exc}; the batch waits and is retried "
+                                       f"(check the store at {self.dsn})") from exc
+            raise RowsRefused(f"insert into {table} refused: {exc}") from exc
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -121,9 +157,39 @@ class ClickHouseStore:
 
 
 @dataclass
+class Refused:
+    """A row the store refused for good, with the store's reason."""
+
+    table: str
+    identity: Any  # the row's first column: event_id / rec_id / ...
+    error: str
+
+
+@dataclass
 class Flushed:
     rows: dict[str, int]
     seconds: float
+    refused: list[Refused] = field(default_factory=list)
+
+
+def identity_token(table: str, rows: list[list[Any]]) -> str:
+    """A deduplication token from the rows' identities (order-independent)."""
+    cols = IDENTITY[table]
+    keys = sorted("|".join(str(r[c]) for c in cols) for r in rows)
+    return f"{table}:" + hashlib.sha1("\n".join(keys).encode()).hexdigest()
+
+
+def partition_blocks(table: str, rows: list[list[Any]]) -> list[list[list[Any]]]:
+    """Split rows so that no INSERT block spans more than MAX_PARTITIONS_PER_INSERT partitions."""
+    part = PARTITION_OF[table]
+    by_part: dict[str, list[list[Any]]] = defaultdict(list)
+    for r in rows:
+        by_part[part(r)].append(r)
+    if len(by_part) <= MAX_PARTITIONS_PER_INSERT:
+        return [rows]
+    keys = sorted(by_part)
+    return [[r for k in keys[i:i + MAX_PARTITIONS_PER_INSERT] for r in by_part[k]]
+            for i in range(0, len(keys), MAX_PARTITIONS_PER_INSERT)]
 
 
 class AnalyticsSink:
@@ -136,31 +202,22 @@ class AnalyticsSink:
 
     def add_events(self, events: Iterable[Interaction], now: datetime) -> None:
         cat = self.catalogue
-        rows = self._rows["events"]
-        for e in events:
+
+        def looked_up(e: Interaction) -> tuple[Interaction, str, str, datetime]:
             idx = cat.index.get(e.track_id or "") if cat is not None else None
             artist = e.artist_id or (cat.artist_ids[idx] if idx is not None and cat is not None else "")
             genre = cat.genre_of(idx) if idx is not None and cat is not None else ""
-            local = e.local_time()
-            ctx = e.context
-            rows.append([
-                e.event_id, e.user_id, e.session_id, e.occurred_at, str(e.kind), e.track_id or "", artist or "",
-                genre, e.rec_id, e.position, e.listened_ms, e.track_duration_ms, str(ctx.device),
-                str(ctx.activity), ctx.local_hour if ctx.local_hour is not None else local.hour,
-                ctx.weekday if ctx.weekday is not None else local.weekday(), ctx.cohort or "", now,
-            ])
+            return e, artist or "", genre, e.local_time()
+
+        self.add_rows("events", event_rows(map(looked_up, events), now))
 
     def add_recommendations(self, slates: Iterable[Recommendation]) -> None:
-        rows = self._rows["recommendations"]
-        for s in slates:
-            ctx = s.context
-            for item in s.items:
-                rows.append([
-                    s.rec_id, s.request_id, s.user_id, s.created_at, s.policy_id, s.policy_version,
-                    s.experiment_arm or "", item.position, item.track_id, item.score, item.propensity,
-                    s.slate_propensity, item.source, str(ctx.device), str(ctx.activity),
-                    ctx.local_hour if ctx.local_hour is not None else 0,
-                ])
+        self.add_rows("recommendations", slate_rows(slates))
+
+    def add_rows(self, table: str, rows: list[list[Any]]) -> None:
+        """Rows built by :func:`event_rows` / :func:`slate_rows` (or in COLUMNS order)."""
+        if rows:
+            self._rows[table].extend(rows)
 
     def add_gamification(self, outputs: Iterable[dict[str, Any]], events: Iterable[Interaction] = ()) -> None:
         """GamificationEvent field dicts; ``events`` (the batch's interactions) give each its time."""
@@ -187,26 +244,64 @@ class AnalyticsSink:
         return sum(len(r) for r in self._rows.values())
 
     def flush(self, token: str | None = None) -> Flushed:
-        """Write every table's rows in one INSERT each. ``token`` (e.g. the Kafka offsets the
-        batch covers) makes a retried flush a no-op on the server. On failure the rows stay
+        """Write every table's rows, one INSERT per table (more only when the rows span more
+        partitions than one INSERT may). Each INSERT's deduplication token comes from its rows'
+        identities (or from ``token`` when given), so a retried flush is a no-op on the server.
+        Rows the store refuses are isolated by bisection and returned in ``refused``; their
+        neighbours are written. On :class:`StoreUnavailable` the rows not yet written stay
         buffered and the error propagates: the caller must not acknowledge the batch."""
         started = time.perf_counter()
-        written = {}
+        out = Flushed({}, 0.0)
         for table in list(self._rows):
             rows = self._rows[table]
-            self.store.insert(table, rows, token=f"{table}:{token}" if token else None)
-            written[table] = len(rows)
+            for i, block in enumerate(partition_blocks(table, rows)):
+                name = f"{table}:{token}:{i}" if token else identity_token(table, block)
+                self._write(table, block, name, out)
+            out.rows[table] = len(rows) - sum(1 for r in out.refused if r.table == table)
             del self._rows[table]
-        return Flushed(written, time.perf_counter() - started)
+        out.seconds = time.perf_counter() - started
+        return out
+
+    def _write(self, table: str, rows: list[list[Any]], token: str, out: Flushed) -> None:
+        try:
+            self.store.insert(table, rows, token=token)
+        except RowsRefused as exc:
+            if len(rows) == 1:
+                out.refused.append(Refused(table, rows[0][0], str(exc.__cause__ or exc)[:2000]))
+                log.warning("clickhouse refused a row of %s (%s): %s", table, rows[0][0], exc)
+                return
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                self._write(table, part, identity_token(table, part), out)
 
 
-def offsets_token(offsets: Iterable[tuple[str, int, int]]) -> str:
-    """A short, stable token for a batch from its (topic, partition, offset) triples."""
-    ranges: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for topic, partition, offset in offsets:
-        ranges[(topic, partition)].append(offset)
-    text = ";".join(f"{t}/{p}:{min(o)}-{max(o)}" for (t, p), o in sorted(ranges.items()))
-    return hashlib.sha1(text.encode()).hexdigest()
+def event_rows(events: Iterable[tuple[Interaction, str, str, datetime]], now: datetime) -> list[list[Any]]:
+    """``events`` rows from (event, artist, genre, local time) tuples (looked up once by the caller)."""
+    rows = []
+    for e, artist, genre, local in events:
+        ctx = e.context
+        rows.append([
+            e.event_id, e.user_id, e.session_id, e.occurred_at, str(e.kind), e.track_id or "", artist or "",
+            genre, e.rec_id, e.position, e.listened_ms, e.track_duration_ms, str(ctx.device),
+            str(ctx.activity), ctx.local_hour if ctx.local_hour is not None else local.hour,
+            ctx.weekday if ctx.weekday is not None else local.weekday(), ctx.cohort or "", now,
+        ])
+    return rows
+
+
+def slate_rows(slates: Iterable[Recommendation]) -> list[list[Any]]:
+    """``recommendations`` rows: one per slate item."""
+    rows = []
+    for s in slates:
+        ctx = s.context
+        for item in s.items:
+            rows.append([
+                s.rec_id, s.request_id, s.user_id, s.created_at, s.policy_id, s.policy_version,
+                s.experiment_arm or "", item.position, item.track_id, item.score, item.propensity,
+                s.slate_propensity, item.source, str(ctx.device), str(ctx.activity),
+                ctx.local_hour if ctx.local_hour is not None else 0,
+            ])
+    return rows
 
 
 def now_utc() -> datetime:

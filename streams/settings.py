@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     app_id: str = "encore"
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
-    take_max: int = Field(500, ge=1, description="records per stream.take_events batch")
-    take_within_s: float = Field(0.05, gt=0)
+    take_max: int = Field(1000, ge=1, description="most records in one batch (batches size themselves to load)")
+    take_within_s: float = Field(0.002, ge=0, description="once a batch has a record, wait at most this for more")
     max_record_bytes: int = Field(1_048_576, ge=256, description="larger records go to the DLQ")
     max_batch_events: int = Field(1000, ge=1, description="events allowed in one batch record")
     session_timeout_s: float = Field(6.0, gt=0, description="see INFRA: tansu joins take half of it")

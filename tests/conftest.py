@@ -10,20 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.stack import Stack, free_port
+from deploy.local.stack import Stack, free_port, settings_env  # noqa: F401 (tests import it from here)
 from streams.settings import Settings
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The ENCORE_* variables that give a child process these settings."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"ENCORE_{name.upper()}"] = str(value)
-    return env
 
 
 @pytest.fixture(scope="session")

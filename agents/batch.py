@@ -1,0 +1,117 @@
+"""The worker's one pure step: ``process_batch(records, state, now) -> Outputs``.
+
+Everything that is computation happens here, once per batch, with no I/O and no clock other
+than ``now``: decode and validate each record (bad ones become dead letters with a reason),
+enrich each event once (catalogue row, artist, genre, local time), answer rec_requests and
+learn from feedback (step ``recommend``), close the reward windows that passed (step
+``reward-join``), compute each event's gamification effect (step ``gamify``) and the analytics
+rows (step ``analytics``). What it returns is delivered by :mod:`agents.deliver`, which owns
+every write and acknowledges the records last.
+
+It never raises on input: a record that breaks decoding is dead-lettered alone, and a failure
+inside the recommender dead-letters the batch's records with the reason (the model is left as
+the failure left it; a bug must not stop the stream).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agents.gamify import Effect, Rules, effect_for
+from agents.ingest import RawRecord, dead_letter, ingest
+from agents.recommend import Recommender
+from online_models.catalogue import Catalogue
+from schemas.events import DeadLetter, Interaction, Recommendation, RewardRecord
+from schemas.wire import Serde
+from sinks.clickhouse import event_rows, slate_rows
+
+log = logging.getLogger("encore.batch")
+
+
+@dataclass
+class BatchState:
+    """What the step reads and updates: the recommender (model, listener profiles, open
+    decisions, recent ids), the contracts' serde and the rules. One per worker."""
+
+    serde: Serde
+    catalogue: Catalogue
+    recommender: Recommender
+    rules: Rules | None = None  # gamification off when None
+    analytics: bool = True
+    max_record_bytes: int = 1_048_576
+    max_batch_events: int = 1000
+
+
+@dataclass
+class Enriched:
+    """One event with what the later steps look up about it, computed once."""
+
+    event: Interaction
+    track: int | None  # catalogue row, None when unknown or absent
+    artist: str
+    genre: str
+    local: datetime  # occurred_at in the listener's zone
+
+
+@dataclass
+class Outputs:
+    """What one batch produced, in the order it is delivered."""
+
+    records: list[RawRecord]
+    events: list[Interaction] = field(default_factory=list)
+    origin: list[int] = field(default_factory=list)  # per event: index of its record
+    slates: list[Recommendation] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    rewards: list[RewardRecord] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    rows: dict[str, list[list[Any]]] = field(default_factory=dict)  # ClickHouse table -> rows
+    duplicates: int = 0  # events skipped as already seen by the recommender
+
+    def offsets(self) -> dict[int, int]:
+        """events partition -> next offset, once this batch is delivered."""
+        out: dict[int, int] = {}
+        for r in self.records:
+            out[r.partition] = max(out.get(r.partition, 0), r.offset + 1)
+        return out
+
+
+def enrich(events: list[Interaction], catalogue: Catalogue) -> list[Enriched]:
+    index, artists = catalogue.index, catalogue.artist_ids
+    out = []
+    for e in events:
+        idx = index.get(e.track_id) if e.track_id is not None else None
+        artist = e.artist_id or (artists[idx] if idx is not None else "")
+        genre = catalogue.genre_of(idx) if idx is not None else ""
+        out.append(Enriched(e, idx, artist, genre, e.local_time()))
+    return out
+
+
+def process_batch(records: list[RawRecord], state: BatchState, now: datetime) -> Outputs:
+    """Decode, recommend, learn, and compute every effect of one batch. Never raises on input."""
+    decoded = ingest(records, state.serde, max_bytes=state.max_record_bytes, max_events=state.max_batch_events,
+                     now=now)
+    out = Outputs(records, decoded.events, decoded.origin, dead=decoded.dead)
+    rec = state.recommender
+    before = rec.duplicates
+    try:
+        out.slates = rec.process(out.events, now)
+        out.rewards = rec.close(now).records  # step reward-join: decisions whose window passed
+    except Exception as exc:  # a bug must not stop the stream: park the batch, say why
+        log.exception("recommend step failed; the batch's records go to the DLQ",
+                      extra={"step": "recommend", "partition": records[0].partition, "offset": records[0].offset})
+        out.dead.extend(dead_letter(r, "recommend", "processing_error", f"{type(exc).__name__}: {exc}",
+                                    r.value or b"", now) for r in records)
+        out.events, out.origin, out.slates, out.rewards = [], [], [], []
+        return out
+    out.duplicates = rec.duplicates - before
+    enriched = enrich(out.events, state.catalogue)
+    if state.rules is not None:
+        out.effects = [f for f in (effect_for(x.event, state.rules, artist=x.artist, genre=x.genre, local=x.local)
+                                   for x in enriched) if f is not None]
+    if state.analytics:
+        out.rows["events"] = event_rows(((x.event, x.artist, x.genre, x.local) for x in enriched), now)
+        out.rows["recommendations"] = slate_rows(out.slates)
+    return out

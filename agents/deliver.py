@@ -1,0 +1,233 @@
+"""``deliver(outputs)``: every write of one batch, with one failure policy, offsets last.
+
+Order (slates first: a slate depends on the model, not on karma or ClickHouse):
+
+1. slates, dead letters of decoding and closed decisions (``encore.rewards``) are handed to
+   the producer at once; the slate cache (a read model for ``GET /v1/recommendations``) is
+   refreshed best effort;
+2. gamification effects are applied to Redis (once per event id);
+3. the analytics rows, with the karma history the apply produced, go to ClickHouse;
+4. gamification events are published, then every send is confirmed.
+
+Only when ``deliver`` returns may the caller acknowledge the batch's records.
+
+The failure policy, stated once (:meth:`Delivery.until_done`):
+
+- **transient** (a store or the broker is unreachable, busy, read-only or refuses us for now):
+  the batch waits and the step is retried with exponential backoff (tenacity), the events
+  partitions are paused meanwhile (memory stays bounded), readiness turns false and
+  ``encore_stalled`` reads 1. Nothing is skipped; every effect is idempotent, so retries are
+  safe. Cancellation (shutdown) interrupts the wait at once; the batch stays unacknowledged.
+- **permanent** (the store refuses these rows / these effects for good): the work is bisected
+  down to the offending items, which are dead-lettered with the store's reason; their
+  neighbours are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+
+from agents.batch import Outputs
+from agents.gamify import Effect
+from agents.ingest import dead_letter
+from schemas.events import DeadLetter, GamificationEvent
+from schemas.wire import Serde
+from sinks.clickhouse import AnalyticsSink, StoreUnavailable, is_transient
+from sinks.gamification import Applied, GamificationStore
+from sinks.slate_cache import SlateCache
+
+log = logging.getLogger("encore.deliver")
+
+#: Redis replies that mean "not now" (an outage, a restart, a failover, an ACL change, memory)
+_REDIS_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError,
+                    redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError,
+                    redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
+
+def transient(exc: BaseException) -> bool:
+    """Would the same call succeed later? (Otherwise it is refused for good.)"""
+    if isinstance(exc, (*_REDIS_TRANSIENT, StoreUnavailable)):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        return str(exc).startswith(("OOM", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"))
+    return is_transient(exc)
+
+
+#: send(topic, key, value) -> a future that resolves once the broker has the record
+Send = Callable[[str, bytes | None, bytes], Awaitable[asyncio.Future[Any]]]
+
+
+@dataclass
+class Report:
+    """What a delivery did, for metrics."""
+
+    applied: Applied = field(default_factory=Applied)
+    gamification_events: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    sink_seconds: float = 0.0
+    dead: list[DeadLetter] = field(default_factory=list)  # every dead letter sent (decode + stores)
+
+
+class Delivery:
+    def __init__(self, serde: Serde, send: Send, *, gamification: GamificationStore | None,
+                 analytics: AnalyticsSink | None, slate_cache: SlateCache | None, metrics: Any,
+                 on_stall: Callable[[bool], None] = lambda stalled: None, max_backoff_s: float = 30.0) -> None:
+        self.serde = serde
+        self.send = send
+        self.gamification = gamification
+        self.analytics = analytics
+        self.slate_cache = slate_cache
+        self.metrics = metrics
+        self.on_stall = on_stall
+        self.max_backoff_s = max_backoff_s
+        self.stalled_since: float | None = None  # monotonic time the current stall began
+        self.on_slate_sent: Callable[[Any, asyncio.Future[Any]], None] | None = None
+
+    # --- the failure policy -------------------------------------------------------------------
+    async def until_done(self, step: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in a thread until it succeeds or fails for good (re-raised)."""
+
+        def waiting(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.metrics.step_failures.labels(step).inc()
+            if step == "analytics":
+                self.metrics.sink_failures.inc()
+            if self.stalled_since is None:
+                self.stalled_since = time.monotonic()
+                self.metrics.stalled.set(1)
+                self.on_stall(True)
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s failed (%s: %s); the batch waits, retry %d in %.1f s", step, type(exc).__name__, exc,
+                        state.attempt_number, wait, extra={"step": step})
+
+        retrying = AsyncRetrying(retry=retry_if_exception(transient), reraise=True, before_sleep=waiting,
+                                 wait=wait_exponential_jitter(initial=0.25, max=self.max_backoff_s, jitter=0.25))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    result = await asyncio.to_thread(fn, *args)
+            return result
+        finally:
+            if self.stalled_since is not None:
+                log.info("%s recovered after %.1f s", step, time.monotonic() - self.stalled_since,
+                         extra={"step": step})
+                self.stalled_since = None
+                self.metrics.stalled.set(0)
+                self.on_stall(False)
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        """Hand a record to the producer; a refusal to even queue it is retried like any outage."""
+        async for attempt in AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, Exception)),
+                                           wait=wait_exponential_jitter(initial=0.1, max=self.max_backoff_s),
+                                           reraise=True):
+            with attempt:
+                return await self.send(topic, key, value)
+        raise AssertionError("unreachable")
+
+    async def _confirm(self, pending: list[tuple[str, bytes | None, bytes, asyncio.Future[Any]]]) -> None:
+        """Wait for every send; a send the broker failed is sent again (until it succeeds)."""
+        while pending:
+            results = await asyncio.gather(*(f for *_, f in pending), return_exceptions=True)
+            failed = [(t, k, v) for (t, k, v, _), r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            if not failed:
+                return
+            self.metrics.step_failures.labels("publish").inc(len(failed))
+            log.warning("%d records were not accepted by the broker (%s); sending them again", len(failed),
+                        next(r for r in results if isinstance(r, BaseException)))
+            await asyncio.sleep(0.5)
+            pending = [(t, k, v, await self._send(t, k, v)) for t, k, v in failed]
+
+    # --- delivery -----------------------------------------------------------------------------
+    async def deliver(self, out: Outputs, topics: dict[str, str], now: datetime) -> Report:
+        report = Report(dead=list(out.dead))
+        pending: list[tuple[str, bytes | None, bytes, asyncio.Future[Any]]] = []
+
+        async def publish(topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+            fut = await self._send(topic, key, value)
+            pending.append((topic, key, value, fut))
+            return fut
+
+        for slate in out.slates:  # 1. slates first
+            fut = await publish(topics["recommendations"], slate.user_id.encode(), self.serde.encode(slate))
+            if self.on_slate_sent is not None:
+                self.on_slate_sent(slate, fut)
+        for letter in out.dead:
+            await publish(topics["dlq"], letter.key, self.serde.encode(letter))
+        for rec in out.rewards:
+            await publish(topics["rewards"], rec.user_id.encode(), self.serde.encode(rec))
+        if self.slate_cache is not None and out.slates:
+            try:
+                await asyncio.to_thread(self.slate_cache.put_many, out.slates)
+            except Exception as exc:  # a read model: the slate is on its topic; say so and go on
+                self.metrics.step_failures.labels("slate-cache").inc()
+                log.warning("slate cache not refreshed (%s); GET /v1/recommendations serves older slates", exc)
+
+        # 2. gamification
+        refused_ids: dict[str, str] = {}
+        if self.gamification is not None and out.effects:
+            report.applied = await self._apply(out.effects, now, refused_ids)
+
+        # 3. analytics, with the karma history
+        if self.analytics is not None:
+            for table, rows in out.rows.items():
+                self.analytics.add_rows(table, rows)
+            self.analytics.add_gamification(report.applied.outputs, out.events)
+            flushed = await self.until_done("analytics", self.analytics.flush)
+            report.rows, report.sink_seconds = flushed.rows, flushed.seconds
+            request_of = {str(s.rec_id): str(s.request_id) for s in out.slates}
+            for r in flushed.refused:  # recommendations rows are keyed by rec_id: its request is the event
+                event_id = request_of.get(str(r.identity), str(r.identity))
+                refused_ids.setdefault(event_id, f"clickhouse refused a {r.table} row: {r.error}")
+
+        # 4. gamification events, dead letters of the stores' refusals, then confirm every send
+        for g in report.applied.outputs:
+            await publish(topics["gamification"], g["user_id"].encode(), self.serde.encode_fields(GamificationEvent, g))
+        report.gamification_events = len(report.applied.outputs)
+        for letter in self._refused_letters(out, refused_ids, now):
+            report.dead.append(letter)
+            await publish(topics["dlq"], letter.key, self.serde.encode(letter))
+        await self._confirm(pending)
+        return report
+
+    async def _apply(self, effects: list[Effect], now: datetime, refused: dict[str, str]) -> Applied:
+        """Apply effects; effects Redis refuses for good are isolated by bisection (by listener)."""
+        try:
+            return await self.until_done("gamify", self.gamification.apply, effects, now)  # type: ignore[union-attr]
+        except Exception as exc:
+            users = sorted({e.user_id for e in effects})
+            if len(users) == 1:
+                for e in effects:
+                    refused[e.event_id] = f"redis refused the gamification effect: {type(exc).__name__}: {exc}"
+                log.warning("redis refused the effects of listener %s: %s", users[0], exc)
+                return Applied()
+            half = set(users[:len(users) // 2])
+            total = Applied()
+            for part in ([e for e in effects if e.user_id in half], [e for e in effects if e.user_id not in half]):
+                got = await self._apply(part, now, refused)
+                total.applied += got.applied
+                total.duplicates += got.duplicates
+                total.stale += got.stale
+                total.outputs.extend(got.outputs)
+            return total
+
+    @staticmethod
+    def _refused_letters(out: Outputs, refused: dict[str, str], now: datetime) -> list[DeadLetter]:
+        """One dead letter per event a store refused for good (raw: the event as JSON)."""
+        if not refused:
+            return []
+        letters = []
+        for event, i in zip(out.events, out.origin, strict=True):
+            reason = refused.get(str(event.event_id))
+            if reason is not None:
+                letters.append(dead_letter(out.records[i], "deliver", "store_refused", reason,
+                                           event.model_dump_json().encode(), now))
+        return letters

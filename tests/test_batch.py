@@ -1,0 +1,90 @@
+"""The worker's pure step, with a list of records in and outputs out: no Faust, no broker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agents.batch import BatchState, process_batch
+from agents.gamify import Rules
+from agents.ingest import RawRecord
+from agents.recommend import Recommender
+from online_models.policy import make_policy
+from schemas.events import Interaction, Kind
+from schemas.wire import Serde, encode_batch
+from streams.settings import Settings
+from streams.simulator import synthetic_catalogue
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+CAT = synthetic_catalogue(7, 300)
+SERDE = Serde()
+
+
+def state(analytics: bool = True) -> BatchState:
+    rec = Recommender(CAT, make_policy("linucb", CAT, n_candidates=50), slate_size=5, dedupe_window=10_000)
+    return BatchState(SERDE, CAT, rec, Rules.from_toml(Settings().gamification_rules), analytics)
+
+
+def event(kind: Kind, user: str = "u-1", **kw: object) -> Interaction:
+    track = None if kind == Kind.REC_REQUEST else CAT.track_ids[3]
+    return Interaction(event_id=uuid.uuid4(), user_id=user, session_id="s-1", occurred_at=NOW - timedelta(seconds=5),
+                       kind=kind, track_id=track, **kw)
+
+
+def records(*values: bytes) -> list[RawRecord]:
+    return [RawRecord("encore.events", 0, i, b"u-1", v) for i, v in enumerate(values)]
+
+
+def test_a_request_and_feedback_give_a_slate_effects_and_rows() -> None:
+    req = event(Kind.REC_REQUEST)
+    out = process_batch(records(encode_batch([event(Kind.PLAY_START), event(Kind.PLAY_END), req], SERDE)), state(), NOW)
+    assert [s.request_id for s in out.slates] == [req.event_id] and len(out.slates[0].items) == 5
+    assert out.dead == [] and len(out.events) == 3 and out.origin == [0, 0, 0]
+    assert [e.event_id for e in out.effects] == [str(out.events[1].event_id)]  # only play_end earns karma
+    assert len(out.rows["events"]) == 3 and len(out.rows["recommendations"]) == 5
+    assert out.offsets() == {0: 1}
+
+
+def test_poison_records_are_dead_lettered_alone_and_their_neighbours_processed() -> None:
+    good = [encode_batch([event(Kind.PLAY_END, user=f"u-{i}")], SERDE) for i in range(3)]
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads: RecursionError
+    huge = b'{"n": ' + b"9" * 5000 + b"}"  # json.loads: ValueError (int longer than 4300 digits)
+    out = process_batch(records(good[0], deep, good[1], huge, b"\xff\xfe", good[2]), state(), NOW)
+    assert len(out.events) == 3 and {e.user_id for e in out.events} == {"u-0", "u-1", "u-2"}
+    assert sorted(d.offset for d in out.dead) == [1, 3, 4]
+    assert {d.reason for d in out.dead} == {"bad_json"} and all(d.error for d in out.dead)
+    assert out.offsets() == {0: 6}
+
+
+def test_a_redelivered_batch_gives_the_same_slate_and_no_second_learning() -> None:
+    s = state()
+    batch = records(encode_batch([event(Kind.REC_REQUEST)], SERDE))
+    first = process_batch(batch, s, NOW)
+    again = process_batch(batch, s, NOW)
+    assert len(first.slates) == 1 and again.slates == [] and again.duplicates == 1
+    # a fresh worker that meets the same request decides the same slate (same rec_id, same tracks)
+    other = process_batch(batch, state(), NOW)
+    assert other.slates[0].rec_id == first.slates[0].rec_id
+    assert [i.track_id for i in other.slates[0].items] == [i.track_id for i in first.slates[0].items]
+
+
+def test_without_stores_there_are_no_effects_or_rows() -> None:
+    s = state(analytics=False)
+    s.rules = None
+    out = process_batch(records(json.dumps(json.loads(event(Kind.LIKE).model_dump_json())).encode()), s, NOW)
+    assert len(out.events) == 1 and out.effects == [] and out.rows == {}
+
+
+def test_a_failing_recommender_parks_the_batch_in_the_dlq(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = state()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("model bug")
+
+    monkeypatch.setattr(s.recommender, "process", broken)
+    out = process_batch(records(encode_batch([event(Kind.PLAY_END)], SERDE)), s, NOW)
+    assert out.events == [] and [d.reason for d in out.dead] == ["processing_error"]
+    assert "model bug" in out.dead[0].error
