@@ -2,9 +2,10 @@
 
 Faust's ``stream.take_events`` acknowledges a batch in a ``finally``: when the agent raises or
 is cancelled (shutdown) mid-batch, the batch is acknowledged anyway and its offsets committed,
-so its effects are lost (INFRA.md). :func:`durable_batches` has the same buffering, but a
-batch is acknowledged only when the caller asks for the next one, i.e. after its body ran to
-the end. A batch left by an exception or a cancellation stays unacknowledged and is read again.
+so its effects are lost (INFRA.md). :func:`durable_batches` has the same buffering but never
+acknowledges: the caller acknowledges each event (``stream.ack``) once its batch is delivered,
+possibly later and from another task (the worker delivers batch N while it computes N + 1).
+A batch left unacknowledged by an exception or a cancellation is read again.
 
 Batch size adapts to load: the first record of a batch is waited for without limit, then the
 batch takes whatever else is already buffered, lingering at most ``linger_s`` for more, up to
@@ -22,7 +23,7 @@ import faust
 
 
 async def durable_batches(stream: faust.StreamT, max_records: int, linger_s: float) -> AsyncIterator[list[Any]]:
-    """Yield lists of Faust events; each list is acknowledged when the next one is asked for."""
+    """Yield lists of Faust events, unacknowledged (the caller acks them once delivered)."""
     events: list[Any] = []
     ready = asyncio.Event()  # at least one event is buffered
     full = asyncio.Event()  # max_records are buffered
@@ -44,7 +45,7 @@ async def durable_batches(stream: faust.StreamT, max_records: int, linger_s: flo
             room.clear()
         return value
 
-    stream.enable_acks = False  # acknowledged here, after the caller's body completed
+    stream.enable_acks = False  # acknowledged by the caller, once the batch is delivered
     stream.add_processor(add)
     stream._enable_passive(aiter(stream.channel))  # the same passive read take_events uses
     while not stream.should_stop:
@@ -62,6 +63,4 @@ async def durable_batches(stream: faust.StreamT, max_records: int, linger_s: flo
             ready.clear()
         full.clear()
         room.set()
-        yield batch  # the caller processes and delivers; an exception or cancel ends us here
-        for event in batch:  # reached only when the caller asked for the next batch
-            await stream.ack(event)
+        yield batch

@@ -1,15 +1,20 @@
-"""``deliver(outputs)``: every write of one batch, with one failure policy, offsets last.
+"""Delivering one batch's outputs: every write, with one failure policy, offsets last.
 
 Order (slates first: a slate depends on the model, not on karma or ClickHouse):
 
-1. slates, dead letters of decoding and closed decisions (``encore.rewards``) are handed to
-   the producer at once; the slate cache (a read model for ``GET /v1/recommendations``) is
-   refreshed best effort;
-2. gamification effects are applied to Redis (once per event id);
-3. the analytics rows, with the karma history the apply produced, go to ClickHouse;
-4. gamification events are published, then every send is confirmed.
+1. :meth:`Delivery.publish`, as soon as the batch is computed: slates, dead letters of decoding
+   and closed decisions (``encore.rewards``) are handed to the producer; the slate cache (a read
+   model for ``GET /v1/recommendations``) is refreshed best effort;
+2. :meth:`Delivery.apply`, which the worker runs in a background writer while it computes the
+   next batch: gamification effects to Redis (once per event id), their gamification events to
+   the producer, the analytics rows (with the karma history) into the sink's buffer;
+3. :meth:`Delivery.checkpoint`, every ``commit_interval_s`` (or when the writer has nothing
+   else to do for that long): the buffered rows to ClickHouse in one flush per table, then
+   every send of those batches confirmed.
 
-Only when ``deliver`` returns may the caller acknowledge the batch's records.
+Only when a checkpoint returns may its batches be acknowledged; the worker acknowledges them in
+the order it took them. (ClickHouse costs tens of ms per INSERT whatever its size: one flush per
+checkpoint instead of one per batch keeps a quiet worker quick and a busy one efficient.)
 
 The failure policy, stated once (:meth:`Delivery.until_done`):
 
@@ -64,6 +69,8 @@ def transient(exc: BaseException) -> bool:
 
 #: send(topic, key, value) -> a future that resolves once the broker has the record
 Send = Callable[[str, bytes | None, bytes], Awaitable[asyncio.Future[Any]]]
+#: a record handed to the producer and the future of its delivery
+Pending = tuple[str, bytes | None, bytes, asyncio.Future[Any]]
 
 
 @dataclass
@@ -133,7 +140,7 @@ class Delivery:
                 return await self.send(topic, key, value)
         raise AssertionError("unreachable")
 
-    async def _confirm(self, pending: list[tuple[str, bytes | None, bytes, asyncio.Future[Any]]]) -> None:
+    async def _confirm(self, pending: list[Pending]) -> None:
         """Wait for every send; a send the broker failed is sent again (until it succeeds)."""
         while pending:
             results = await asyncio.gather(*(f for *_, f in pending), return_exceptions=True)
@@ -147,56 +154,80 @@ class Delivery:
             pending = [(t, k, v, await self._send(t, k, v)) for t, k, v in failed]
 
     # --- delivery -----------------------------------------------------------------------------
-    async def deliver(self, out: Outputs, topics: dict[str, str], now: datetime) -> Report:
-        report = Report(dead=list(out.dead))
-        pending: list[tuple[str, bytes | None, bytes, asyncio.Future[Any]]] = []
-
-        async def publish(topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
-            fut = await self._send(topic, key, value)
-            pending.append((topic, key, value, fut))
-            return fut
-
-        for slate in out.slates:  # 1. slates first
-            fut = await publish(topics["recommendations"], slate.user_id.encode(), self.serde.encode(slate))
+    async def publish(self, out: Outputs, topics: dict[str, str]) -> list[Pending]:
+        """Step 1, at once: slates, dead letters of decoding and closed decisions to the producer
+        (not yet confirmed), and the slate cache refreshed best effort."""
+        pending: list[Pending] = []
+        for slate in out.slates:  # slates first
+            fut = await self._queue(pending, topics["recommendations"], slate.user_id.encode(), self.serde.encode(slate))
             if self.on_slate_sent is not None:
                 self.on_slate_sent(slate, fut)
         for letter in out.dead:
-            await publish(topics["dlq"], letter.key, self.serde.encode(letter))
+            await self._queue(pending, topics["dlq"], letter.key, self.serde.encode(letter))
         for rec in out.rewards:
-            await publish(topics["rewards"], rec.user_id.encode(), self.serde.encode(rec))
+            await self._queue(pending, topics["rewards"], rec.user_id.encode(), self.serde.encode(rec))
         if self.slate_cache is not None and out.slates:
             try:
                 await asyncio.to_thread(self.slate_cache.put_many, out.slates)
             except Exception as exc:  # a read model: the slate is on its topic; say so and go on
                 self.metrics.step_failures.labels("slate-cache").inc()
                 log.warning("slate cache not refreshed (%s); GET /v1/recommendations serves older slates", exc)
+        return pending
 
-        # 2. gamification
-        refused_ids: dict[str, str] = {}
+    async def apply(self, out: Outputs, pending: list[Pending], topics: dict[str, str], now: datetime) -> Report:
+        """Step 2: gamification to Redis, its events to the producer, the batch's rows into the
+        analytics buffer (written by the next :meth:`checkpoint`)."""
+        report = Report(dead=list(out.dead))
+        refused: dict[str, str] = {}
         if self.gamification is not None and out.effects:
-            report.applied = await self._apply(out.effects, now, refused_ids)
-
-        # 3. analytics, with the karma history
+            report.applied = await self._apply(out.effects, now, refused)
         if self.analytics is not None:
             for table, rows in out.rows.items():
                 self.analytics.add_rows(table, rows)
             self.analytics.add_gamification(report.applied.outputs, out.events)
-            flushed = await self.until_done("analytics", self.analytics.flush)
-            report.rows, report.sink_seconds = flushed.rows, flushed.seconds
-            request_of = {str(s.rec_id): str(s.request_id) for s in out.slates}
-            for r in flushed.refused:  # recommendations rows are keyed by rec_id: its request is the event
-                event_id = request_of.get(str(r.identity), str(r.identity))
-                refused_ids.setdefault(event_id, f"clickhouse refused a {r.table} row: {r.error}")
-
-        # 4. gamification events, dead letters of the stores' refusals, then confirm every send
         for g in report.applied.outputs:
-            await publish(topics["gamification"], g["user_id"].encode(), self.serde.encode_fields(GamificationEvent, g))
+            await self._queue(pending, topics["gamification"], g["user_id"].encode(),
+                              self.serde.encode_fields(GamificationEvent, g))
         report.gamification_events = len(report.applied.outputs)
-        for letter in self._refused_letters(out, refused_ids, now):
+        for letter in self._refused_letters(out, refused, now):
             report.dead.append(letter)
-            await publish(topics["dlq"], letter.key, self.serde.encode(letter))
-        await self._confirm(pending)
+            await self._queue(pending, topics["dlq"], letter.key, self.serde.encode(letter))
         return report
+
+    async def checkpoint(self, done: list[tuple[Outputs, list[Pending], Report]], topics: dict[str, str],
+                         now: datetime) -> None:
+        """Step 3, for the batches applied since the last checkpoint: their rows to ClickHouse in
+        one flush (rows it refuses for good become dead letters), then every send of theirs
+        confirmed. When this returns, those batches may be acknowledged."""
+        pending = [p for _, pend, _ in done for p in pend]
+        if self.analytics is not None and self.analytics.pending():
+            flushed = await self.until_done("analytics", self.analytics.flush)
+            if done:
+                done[-1][2].rows, done[-1][2].sink_seconds = flushed.rows, flushed.seconds
+            if flushed.refused:
+                refused: dict[str, str] = {}
+                for out, _, _ in done:
+                    request_of = {str(s.rec_id): str(s.request_id) for s in out.slates}
+                    for r in flushed.refused:  # recommendations rows are keyed by rec_id: its request is the event
+                        event_id = request_of.get(str(r.identity), str(r.identity))
+                        refused.setdefault(event_id, f"clickhouse refused a {r.table} row: {r.error}")
+                for out, _, report in done:
+                    for letter in self._refused_letters(out, refused, now):
+                        report.dead.append(letter)
+                        await self._queue(pending, topics["dlq"], letter.key, self.serde.encode(letter))
+        await self._confirm(pending)
+
+    async def deliver(self, out: Outputs, topics: dict[str, str], now: datetime) -> Report:
+        """Everything for one batch, in order (publish, apply, checkpoint)."""
+        pending = await self.publish(out, topics)
+        report = await self.apply(out, pending, topics, now)
+        await self.checkpoint([(out, pending, report)], topics, now)
+        return report
+
+    async def _queue(self, pending: list[Pending], topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        fut = await self._send(topic, key, value)
+        pending.append((topic, key, value, fut))
+        return fut
 
     async def _apply(self, effects: list[Effect], now: datetime, refused: dict[str, str]) -> Applied:
         """Apply effects; effects Redis refuses for good are isolated by bisection (by listener)."""

@@ -171,18 +171,66 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
 
     @app.agent(events_topic, name="ingest")
     async def ingest_agent(stream: faust.StreamT) -> None:
-        async for batch in durable_batches(stream, settings.take_max, settings.take_within_s):
-            started = time.perf_counter()
-            now = datetime.now(UTC)
-            records = [RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                                 e.message.value) for e in batch]
-            out = process_batch(records, state, now)
-            # before any await: a snapshot (taken by a timer) never splits the model from its offsets
-            for p, o in out.offsets().items():
-                learning["events_offsets"][p] = max(learning["events_offsets"].get(p, 0), o)
-            delivery.on_slate_sent = slate_latency(batch, out)
-            report = await delivery.deliver(out, topic_names, now)
-            observe(out, report, len(records), time.perf_counter() - started)
+        """Compute a batch and publish its slates at once; its writes go to the writer task, which
+        runs them while the next batch is computed and acknowledges batches in order."""
+        queue: asyncio.Queue[tuple[list[Any], Outputs, list[Any], datetime, float]] = \
+            asyncio.Queue(maxsize=settings.batches_in_flight)
+        writer = asyncio.create_task(write_batches(stream, queue), name="encore-writer")
+        try:
+            async for batch in durable_batches(stream, settings.take_max, settings.take_within_s):
+                started = time.perf_counter()
+                now = datetime.now(UTC)
+                records = [RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                                     e.message.value) for e in batch]
+                out = process_batch(records, state, now)
+                # before any await: a snapshot (taken by a timer) never splits the model from its offsets
+                for p, o in out.offsets().items():
+                    learning["events_offsets"][p] = max(learning["events_offsets"].get(p, 0), o)
+                delivery.on_slate_sent = slate_latency(batch, out)
+                pending = await delivery.publish(out, topic_names)
+                await queue.put((batch, out, pending, now, started))  # waits while the writer is behind
+        finally:
+            writer.cancel()
+
+    async def write_batches(stream: faust.StreamT, queue: asyncio.Queue[Any]) -> None:
+        """The batches' durable writes in order: each batch is applied (Redis) as it comes; every
+        ``commit_interval_s`` the applied batches are checkpointed (ClickHouse, sends confirmed)
+        and only then acknowledged. A failure that is not a store's (a bug) is retried like an
+        outage: a batch is never acknowledged before its writes succeed."""
+        done: list[tuple[list[Any], Outputs, list[Any], Report, float]] = []
+        last = time.monotonic()
+        while True:
+            wait = max(0.0, settings.commit_interval_s - (time.monotonic() - last)) if done else None
+            try:
+                item = await asyncio.wait_for(queue.get(), wait)
+            except TimeoutError:
+                item = None
+            if item is not None:
+                batch, out, pending, now, started = item
+                report = await retried("apply", delivery.apply, out, pending, topic_names, now)
+                done.append((batch, out, pending, report, started))
+            due = time.monotonic() - last >= settings.commit_interval_s
+            if done and (item is None or due or sum(len(d[0]) for d in done) >= settings.take_max):
+                await retried("checkpoint", delivery.checkpoint, [(o, p, r) for _, o, p, r, _ in done], topic_names,
+                              datetime.now(UTC))
+                for batch, out, _, report, started in done:
+                    for event in batch:
+                        await stream.ack(event)
+                    observe(out, report, len(batch), time.perf_counter() - started)
+                done, last = [], time.monotonic()
+
+    async def retried(step: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        delay = 1.0
+        while True:
+            try:
+                return await fn(*args)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.step_failures.labels(step).inc()
+                log.exception("%s failed unexpectedly; retrying it in %.0f s", step, delay, extra={"step": step})
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
     def slate_latency(batch: list[Any], out: Outputs) -> Callable[[Any, asyncio.Future[Any]], None]:
         """Latency of a slate: from its request's record reaching the broker to the broker

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from bench.workload import read_workload, workload
 from deploy.local.stack import Stack, _stop, free_port, settings_env
@@ -54,8 +54,9 @@ def say(msg: str) -> None:
 
 
 class Bench:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, tree: Path = ROOT) -> None:
         self.state = state
+        self.tree = tree  # the checkout whose worker runs (another one gives a before / after pair)
         self.base = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", redis_url=f"redis://127.0.0.1:{free_port()}/0",
                              state_dir=state, clickhouse_dsn=f"chdb://{state / 'chdb'}", log_json=False)
         self.stack = Stack(self.base)
@@ -87,11 +88,11 @@ class Bench:
 
     def start(self, settings: Settings, name: str, module: str = "agents.worker") -> tuple[Settings, int]:
         s = settings.model_copy(update={"web_port": free_port()})
-        env = {**os.environ, **settings_env(s), "PYTHONPATH": str(ROOT)}
-        log = (s.state_dir / f"{name}.log").open("ab")
+        env = {**os.environ, **settings_env(s), "PYTHONPATH": str(self.tree if module == "agents.worker" else ROOT)}
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        log = (s.state_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", module], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=ROOT, start_new_session=True)
+                                cwd=self.tree if module == "agents.worker" else ROOT, start_new_session=True)
         return s, proc.pid
 
 
@@ -116,12 +117,19 @@ def wait_ready(port: int, timeout: float = 120) -> None:
     raise RuntimeError(f"worker on :{port} not ready in {timeout} s; see its log under the bench state dir")
 
 
-def drain(bench: Bench, records: list[tuple[bytes, bytes]], workers: int = 1) -> dict[str, float]:
-    """Records on the topic first, then the workers start; events/s from first record to last."""
+def drain(bench: Bench, records: list[tuple[bytes, bytes]], workers: int = 1,
+          profile: Path | None = None) -> dict[str, float]:
+    """Records on the topic first, then the workers start; events/s from first record to last.
+    With ``profile``, py-spy samples the (first) worker into that file (collapsed stacks)."""
     settings = bench.fresh()
     bench.produce(settings, records)
     started = [bench.start(settings, f"worker{i}") for i in range(workers)]
     ports = [s.web_port for s, _ in started]
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(started[0][1]),
+                                "--rate", "200", "--format", "raw", "--nonblocking", "-o", str(profile)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         first = None
         deadline = time.monotonic() + 900
@@ -140,11 +148,13 @@ def drain(bench: Bench, records: list[tuple[bytes, bytes]], workers: int = 1) ->
             if now - last_say > 5:
                 say(f"  drained {total:.0f} / {len(records)} records")
                 last_say = now
-            time.sleep(0.05)
+            time.sleep(0.25)  # scraping /metrics costs the worker CPU: not too often
         raise RuntimeError("drain did not finish in 15 minutes")
     finally:
         for _, pid in started:
             _stop(pid)
+        if spy is not None:
+            spy.wait(30)
 
 
 def bare(bench: Bench, records: list[tuple[bytes, bytes]], events: int) -> dict[str, float]:
@@ -181,9 +191,12 @@ def open_loop(bench: Bench, records: list[tuple[bytes, bytes]], events_per_recor
         stop = threading.Event()
 
         def read() -> None:
+            # assigned, not subscribed: no group join (slow on tansu); every partition from its end
             c = Consumer({**settings.kafka_config(), "group.id": f"probe-{uuid.uuid4().hex[:6]}",
-                          "auto.offset.reset": "latest", "fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
-            c.subscribe([settings.topic(RECOMMENDATIONS.name)])
+                          "fetch.wait.max.ms": 5, "fetch.min.bytes": 1, "enable.auto.commit": False})
+            topic = settings.topic(RECOMMENDATIONS.name)
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            c.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
             while not stop.is_set():
                 msg = c.poll(0.05)
                 if msg is None or msg.error():
@@ -196,7 +209,7 @@ def open_loop(bench: Bench, records: list[tuple[bytes, bytes]], events_per_recor
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        time.sleep(3)  # the probe consumer joins its group
+        time.sleep(2)  # the probe consumer is positioned
         p = Producer({**settings.kafka_config(), "linger.ms": 1})
         topic = settings.topic(EVENTS.name)
         per_s = rate / events_per_record
@@ -223,11 +236,17 @@ def open_loop(bench: Bench, records: list[tuple[bytes, bytes]], events_per_recor
         time.sleep(3)
         stop.set()
         reader.join(5)
+        inside = {"batch_seconds_mean": metric(s.web_port, "encore_batch_seconds_sum")
+                  / max(metric(s.web_port, "encore_batch_seconds_count"), 1),
+                  "records_per_batch": metric(s.web_port, "encore_batch_records_sum")
+                  / max(metric(s.web_port, "encore_batch_records_count"), 1),
+                  "worker_latency_mean_s": metric(s.web_port, "encore_recommendation_latency_seconds_sum")
+                  / max(metric(s.web_port, "encore_recommendation_latency_seconds_count"), 1)}
         lat = np.array([(got[k] - t) * 1000 for k, t in sent.items() if k in got])
         answered = len(lat)
         skip = int(len(lat) * 0.1)  # the first 10%: the worker warms up
         lat = lat[skip:]
-        return {"rate": rate, "offered_records": i, "probes": len(sent), "answered": answered,
+        return {"rate": rate, "offered_records": i, "probes": len(sent), "answered": answered, "worker": inside,
                 "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
                 "p95_ms": float(np.percentile(lat, 95)) if len(lat) else float("nan"),
                 "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
@@ -290,7 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rate", type=float, default=10_000, help="open-loop rate to try if the drain allows it")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each open-loop run")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: bare,open,two,memory")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: drain,bare,open,two,memory")
+    ap.add_argument("--rates", default="", help="open-loop rates (events/s, comma-separated) instead of half of (a) and --rate")
+    ap.add_argument("--worker-tree", type=Path, default=ROOT,
+                    help="run the worker of another checkout (e.g. a `git worktree` of an older commit) for a before / after")
+    ap.add_argument("--out", default="throughput", help="name of the figures file in bench/out/")
+    ap.add_argument("--profile", action="store_true", help="py-spy the draining worker (bench/out/<out>-profile.txt)")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     say(f"workload: {args.events:,} events (generated once, cached in bench/out/)")
@@ -298,27 +322,31 @@ def main(argv: list[str] | None = None) -> int:
     events_per_record = args.events / len(records)
     result: dict[str, Any] = {"workload": {"events": args.events, "records": len(records)}, "goals": GOALS}
     with tempfile.TemporaryDirectory(prefix="encore-bench-") as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), args.worker_tree.resolve())
         try:
-            say("(a) one worker drains the workload, every step on")
-            result["drain"] = drain(bench, records)
-            say(f"    {result['drain']['events_per_s']:,.0f} events/s")
+            if "drain" not in skip:
+                say("(a) one worker drains the workload, every step on")
+                result["drain"] = drain(bench, records, profile=OUT / f"{args.out}-profile.txt" if args.profile else None)
+                say(f"    {result['drain']['events_per_s']:,.0f} events/s")
             if "bare" not in skip:
                 say("(b) a bare Faust agent reads the same records")
                 result["bare"] = bare(bench, records, args.events)
                 say(f"    {result['bare']['records_per_s']:,.0f} records/s")
             if "open" not in skip:
-                rates = [round(result["drain"]["events_per_s"] / 2, -2)]
-                if args.rate <= result["drain"]["events_per_s"] * 0.9:
-                    rates.append(args.rate)
+                if args.rates:
+                    rates = [float(r) for r in args.rates.split(",")]
+                else:
+                    rates = [round(result["drain"]["events_per_s"] / 2, -2)]
+                    if args.rate <= result["drain"]["events_per_s"] * 0.9:
+                        rates.append(args.rate)
                 result["open_loop"] = []
                 for rate in rates:
                     say(f"(c) open loop at {rate:,.0f} events/s for {args.seconds:.0f} s, probing slate latency")
                     result["open_loop"].append(open_loop(bench, records, events_per_record, rate, args.seconds))
                     r = result["open_loop"][-1]
                     say(f"    p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms "
-                        f"({r['answered']}/{r['probes']} probes answered)")
-            if "two" not in skip:
+                        f"({r['answered']}/{r['probes']} probes answered); worker: {r['worker']}")
+            if "two" not in skip and "drain" in result:
                 say("(d) two workers drain the same workload")
                 result["two_workers"] = drain(bench, records, workers=2)
         finally:
@@ -328,10 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         result["memory"] = memory_per_listener(records)
     report(result)
     OUT.mkdir(exist_ok=True)
-    (OUT / "throughput.json").write_text(json.dumps(result, indent=1))
+    (OUT / f"{args.out}.json").write_text(json.dumps(result, indent=1))
     if result.get("open_loop"):
-        plot(result, OUT / "throughput.png")
-    say(f"figures in {OUT / 'throughput.json'}" + (f", plot in {OUT / 'throughput.png'}" if result.get("open_loop") else ""))
+        plot(result, OUT / f"{args.out}.png")
+    say(f"figures in {OUT / (args.out + '.json')}" + (f", plot in {OUT / (args.out + '.png')}" if result.get("open_loop") else ""))
     return 0
 
 
@@ -341,9 +369,10 @@ def report(r: dict[str, Any]) -> None:
     def row(what: str, value: float, goal: str, ok: bool | None) -> None:
         rows.append((what, value, goal, "-" if ok is None else ("met" if ok else "NOT met")))
 
-    d = r["drain"]["events_per_s"]
-    row("(a) drain, one worker, events/s", d, f">= {GOALS['drain_events_per_s']:,}", d >= GOALS["drain_events_per_s"])
-    if "bare" in r:
+    d = r["drain"]["events_per_s"] if "drain" in r else float("nan")
+    if "drain" in r:
+        row("(a) drain, one worker, events/s", d, f">= {GOALS['drain_events_per_s']:,}", d >= GOALS["drain_events_per_s"])
+    if "bare" in r and "drain" in r:
         b = r["bare"]["events_per_s"]
         row("(b) bare Faust, same records, events/s", b, "", None)
         row("    worker / bare", d / b, f">= {GOALS['share_of_bare']}", d / b >= GOALS["share_of_bare"])

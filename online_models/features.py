@@ -32,6 +32,41 @@ FEATURE_NAMES: tuple[str, ...] = (
 N_FEATURES = len(FEATURE_NAMES)
 
 
+COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_N_STATIC = 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 1  # up to log_popularity
+
+
+def _activity(ctx: ListeningContext) -> int:
+    return ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
+
+
+def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: ListeningContext,
+                     cands: Candidates) -> dict[str, np.ndarray]:
+    """The columns that depend on the listener and the candidate set, by name."""
+    cat = gen.catalogue
+    idx = cands.idx
+    f = cat.features[idx]
+    g = cat.genre_idx[idx]
+    arts = gen.artist_of[idx]
+    pop = cands.scores["popularity"]
+    a_pos, a_shown, a_res, a_res_n = prof.artist_arrays(len(gen.artists))
+    n_all = prof.taste_n.sum()
+    overall = prof.taste_sum.sum(axis=0) / n_all if n_all else gen.mean_sound
+    return {
+        "context_popularity": pop - pop.max() if len(idx) else pop,
+        "genre_affinity": np.log(prof.genre_rate(gen.genre_prior))[g],
+        "artist_affinity": np.log((a_pos[arts] + 0.5) / (a_shown[arts] + 1.0)),
+        "taste_distance": ((f - prof.taste(_activity(ctx), overall)) ** 2).sum(axis=1),
+        "genre_unexplored": 1.0 / np.sqrt(1.0 + prof.genre_shown[g]),
+        "genre_residual": prof.genre_res[g] / (prof.genre_res_n[g] + 1.0),
+        "artist_residual": a_res[arts] / (a_res_n[arts] + 1.0),
+        "track_rate": cands.scores["again"],
+        "track_known": cands.scores["known"],
+        "co_listen": cands.scores["co-listen"],
+        "artist_neighbour": cands.scores["artist"],
+    }
+
+
 def build_features(gen: CandidateGenerator, prof: ListenerProfile, ctx: ListeningContext,
                    cands: Candidates) -> np.ndarray:
     cat = gen.catalogue
@@ -42,30 +77,55 @@ def build_features(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listenin
     X[:, 0] = 1.0
     X[:, 1:1 + nf] = f
     X[:, 1 + nf:1 + 2 * nf] = f * f
-    act = ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
-    start = 1 + 2 * nf + act * nf
+    start = 1 + 2 * nf + _activity(ctx) * nf
     X[:, start:start + nf] = f
-    col = 1 + 2 * nf + len(ACTIVITIES) * nf
-    pop = cands.scores["popularity"]
-    X[:, col] = np.log(cat.popularity[idx] + 0.01)
-    X[:, col + 1] = pop - pop.max() if n else pop
-    X[:, col + 2] = np.log(prof.genre_rate(gen.genre_prior))[cat.genre_idx[idx]]
-    arts = gen.artist_of[idx]
-    a_pos, a_shown, a_res, a_res_n = prof.artist_arrays(len(gen.artists))
-    X[:, col + 3] = np.log((a_pos[arts] + 0.5) / (a_shown[arts] + 1.0))
-    n_all = prof.taste_n.sum()
-    overall = prof.taste_sum.sum(axis=0) / n_all if n_all else gen.mean_sound
-    X[:, col + 4] = ((f - prof.taste(act, overall)) ** 2).sum(axis=1)
-    X[:, col + 5] = 1.0 / np.sqrt(1.0 + prof.genre_shown[cat.genre_idx[idx]])
-    g = cat.genre_idx[idx]
-    X[:, col + 6] = prof.genre_res[g] / (prof.genre_res_n[g] + 1.0)
-    X[:, col + 7] = a_res[arts] / (a_res_n[arts] + 1.0)
-    X[:, col + 8] = cands.scores["again"]
-    X[:, col + 9] = cands.scores["known"]
-    X[:, col + 10] = cands.scores["co-listen"]
-    X[:, col + 11] = cands.scores["artist"]
-    X[np.arange(n), col + 12 + cands.source] = 1.0
+    X[:, COLUMN["log_popularity"]] = np.log(cat.popularity[idx] + 0.01)
+    for name, values in listener_columns(gen, prof, ctx, cands).items():
+        X[:, COLUMN[name]] = values
+    X[np.arange(n), COLUMN[f"source={SOURCES[0]}"] + cands.source] = 1.0
     return X
+
+
+class LinearScorer:
+    """``build_features(...) @ theta`` for a whole catalogue without building the matrix.
+
+    The columns that depend only on the track and the activity (bias, sound, its squares, the
+    activity's sound block, log popularity) give one score per (activity, track): computed with
+    one matrix product per activity each time theta changes, shared by every request of a
+    batch. The listener's columns are added per request, one vector each."""
+
+    def __init__(self, gen: CandidateGenerator) -> None:
+        cat = gen.catalogue
+        nf = len(FEATURES)
+        self.gen = gen
+        f = cat.features
+        self._static = []  # per activity: the (n_tracks, _N_STATIC) static block
+        for a in range(len(ACTIVITIES)):
+            X = np.zeros((len(cat), _N_STATIC))
+            X[:, 0] = 1.0
+            X[:, 1:1 + nf] = f
+            X[:, 1 + nf:1 + 2 * nf] = f * f
+            X[:, 1 + 2 * nf + a * nf:1 + 2 * nf + (a + 1) * nf] = f
+            X[:, -1] = np.log(cat.popularity + 0.01)
+            self._static.append(X)
+        self._theta = b""
+        self._scores: dict[int, np.ndarray] = {}
+
+    def static(self, theta: np.ndarray, activity: int) -> np.ndarray:
+        key = theta.tobytes()
+        if key != self._theta:
+            self._theta, self._scores = key, {}
+        got = self._scores.get(activity)
+        if got is None:
+            got = self._scores[activity] = self._static[activity] @ theta[:_N_STATIC]
+        return got
+
+    def scores(self, theta: np.ndarray, prof: ListenerProfile, ctx: ListeningContext,
+               cands: Candidates) -> np.ndarray:
+        out = self.static(theta, _activity(ctx))[cands.idx]
+        for name, values in listener_columns(self.gen, prof, ctx, cands).items():
+            out = out + theta[COLUMN[name]] * values
+        return out + theta[COLUMN[f"source={SOURCES[0]}"] + cands.source]
 
 
 assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 12 + len(SOURCES)

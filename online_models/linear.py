@@ -62,10 +62,13 @@ class LinearBandit:
         self._delta_A = np.zeros((n_features, n_features))
         self._delta_b = np.zeros(n_features)
         self.n_updates = 0
+        self._theta: np.ndarray | None = None  # A_inv @ b, computed once per change of the statistics
 
     @property
     def theta(self) -> np.ndarray:
-        return self.A_inv @ self.b
+        if self._theta is None:
+            self._theta = self.A_inv @ self.b
+        return self._theta
 
     def _check(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=float)
@@ -111,6 +114,7 @@ class LinearBandit:
         self._delta_A += Xw.T @ Xw
         self._delta_b += xr
         self.n_updates += len(X)
+        self._theta = None
         return residual, w
 
     def delta(self) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +132,7 @@ class LinearBandit:
         A = np.linalg.inv(self.A_inv) + dA
         self.A_inv = np.linalg.inv(A)
         self.b = self.b + db
+        self._theta = None
 
     def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
                 spread: np.ndarray | None = None) -> Chooser:
@@ -144,13 +149,14 @@ class LinearBandit:
         return Ranked(order, scores, props, exact=self.exact)
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.__dict__)
+        return pickle.dumps({**self.__dict__, "_theta": None})
 
     def restore(self, blob: bytes) -> None:
         state = pickle.loads(blob)
         if state.get("d") != self.d:
             raise ValueError(f"snapshot has {state.get('d')} features, this model {self.d}")
         self.__dict__.update(state)
+        self._theta = None
 
 
 class LinUCB(LinearBandit):

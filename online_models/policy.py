@@ -24,7 +24,7 @@ import numpy as np
 from online_models.candidates import SOURCES, CandidateGenerator, Candidates
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
-from online_models.features import N_FEATURES, build_features
+from online_models.features import N_FEATURES, LinearScorer, build_features
 from online_models.linear import EpsilonGreedyLinear, LinearBandit, LinTS, LinUCB
 from online_models.popularity import ContextPopularity, Slate, SlatePick
 from online_models.rl import SessionDQN, SessionState
@@ -126,6 +126,7 @@ class HybridPolicy:
         self.ranker = ranker
         self.rules = rules or SlateRules()
         self.gen = CandidateGenerator(catalogue, n_candidates=n_candidates)
+        self.scorer = LinearScorer(self.gen)
         self.sessions = _Sessions()
         self.listener_layer = listener_layer
         self.layer_bonus = layer_bonus
@@ -144,11 +145,10 @@ class HybridPolicy:
                  if self.listener_layer else None)
 
         def model(every: Candidates) -> np.ndarray:  # the "for-you" generator: exploit scores
-            X_all = build_features(self.gen, prof, ctx, every)
             if isinstance(self.ranker, SessionDQN):
-                score = self.ranker.q_values(at_decision, X_all)
-            else:
-                score = X_all @ self.ranker.theta
+                score = self.ranker.q_values(at_decision, build_features(self.gen, prof, ctx, every))
+            else:  # X_all @ theta, without building X_all
+                score = self.scorer.scores(self.ranker.theta, prof, ctx, every)
             return score if layer is None else score + layer[0][every.idx]
 
         cands = self.gen.generate(user_id, ctx, rng, exclude, model=model if self.for_you else None)

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     take_within_s: float = Field(0.002, ge=0, description="once a batch has a record, wait at most this for more")
     max_record_bytes: int = Field(1_048_576, ge=256, description="larger records go to the DLQ")
     max_batch_events: int = Field(1000, ge=1, description="events allowed in one batch record")
+    batches_in_flight: int = Field(2, ge=1, le=16, description="computed batches whose writes may wait (the "
+                                   "worker computes the next while Redis / ClickHouse take the last)")
+    commit_interval_s: float = Field(0.5, gt=0, le=60, description="delivered batches are checkpointed "
+                                     "(ClickHouse flush, sends confirmed, offsets acknowledged) this often")
+    fetch_max_wait_ms: int = Field(5, ge=1, le=1500, description="longest a fetch waits for records (latency "
+                                   "of an idle worker; see streams.app)")
     session_timeout_s: float = Field(6.0, gt=0, description="see INFRA: tansu joins take half of it")
 
     # --- HTTP API (on the worker's web port) --------------------------------------------
