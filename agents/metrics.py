@@ -65,3 +65,5 @@ class Metrics:
                              "are paused and retried with backoff)", registry=registry)
         self.timer_failures = Counter("encore_timer_failures_total", "Background timer runs that failed (the "
                                       "timer runs again at its next tick)", ["timer"], registry=registry)
+        self.redis_lost = Gauge("encore_redis_state_lost", "1 when Redis lost the gamification state (its "
+                                "generation marker vanished); run `encore rebuild-gamification`", registry=registry)

@@ -353,6 +353,30 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             board_snapshots.add_snapshot("global", top, taken)
             await asyncio.to_thread(board_snapshots.flush)
 
+    if store is not None:
+        redis_state = {"lost": None}
+
+        @app.task
+        async def generation_marker() -> None:
+            """A new store gets a marker; an old store without one has lost its state."""
+            try:
+                fresh = analytics is None or analytics.store.count("karma_history") == 0
+                await asyncio.to_thread(store.ensure_generation, fresh)
+            except Exception as exc:  # Redis away at start: the check below runs again every 10 s
+                log.warning("generation marker not checked at start (%s)", exc)
+
+        @app.timer(10.0)
+        @guarded("redis-generation", metrics)
+        async def check_redis_state() -> None:
+            lost = await asyncio.to_thread(store.check_generation)
+            metrics.redis_lost.set(1 if lost else 0)
+            if lost and redis_state["lost"] is None:
+                log.error("%s: karma, streaks and boards are incomplete. Stop the workers and run "
+                          "`encore rebuild-gamification` (README: When Redis lost its state)", lost)
+            elif not lost and redis_state["lost"] is not None:
+                log.info("the gamification state was rebuilt; Redis generation marker is back")
+            redis_state["lost"] = lost
+
     if analytics is not None:
         from dashboard.web import register_dashboard
 

@@ -104,6 +104,17 @@ def metric(port: int, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def inside(port: int) -> dict[str, float]:
+    """What the worker says of its batches (from its /metrics)."""
+    def mean(name: str) -> float:
+        return metric(port, f"{name}_sum") / max(metric(port, f"{name}_count"), 1)
+
+    return {"records_per_batch": mean("encore_batch_records"), "batch_seconds": mean("encore_batch_seconds"),
+            "clickhouse_flush_seconds": mean("encore_sink_flush_seconds"),
+            "slate_latency_mean_s": mean("encore_recommendation_latency_seconds"),
+            "stalls": metric(port, "encore_step_failures_total")}
+
+
 def wait_ready(port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -144,7 +155,7 @@ def drain(bench: Bench, records: list[tuple[bytes, bytes]], workers: int = 1,
                 events = sum(metric(p, "encore_events_total") for p in ports)
                 seconds = now - (first or now)
                 return {"records": total, "events": events, "seconds": seconds,
-                        "events_per_s": events / seconds if seconds else float("nan")}
+                        "events_per_s": events / seconds if seconds else float("nan"), "worker": inside(ports[0])}
             if now - last_say > 5:
                 say(f"  drained {total:.0f} / {len(records)} records")
                 last_say = now
@@ -165,7 +176,9 @@ def bare(bench: Bench, records: list[tuple[bytes, bytes]], events: int) -> dict[
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")] if log.exists() else []
+            # Faust routes stdout through its logger: the JSON is at the end of each line
+            lines = [json.loads(x[x.index('{"t"'):].strip()) for x in log.read_text().splitlines()
+                     if '{"t"' in x] if log.exists() else []
             if lines and lines[-1]["records"] >= len(records):
                 # from the end of the first batch to the end of the last: (records - first batch) in that time
                 seconds = lines[-1]["t"] - lines[0]["t"]
@@ -236,17 +249,12 @@ def open_loop(bench: Bench, records: list[tuple[bytes, bytes]], events_per_recor
         time.sleep(3)
         stop.set()
         reader.join(5)
-        inside = {"batch_seconds_mean": metric(s.web_port, "encore_batch_seconds_sum")
-                  / max(metric(s.web_port, "encore_batch_seconds_count"), 1),
-                  "records_per_batch": metric(s.web_port, "encore_batch_records_sum")
-                  / max(metric(s.web_port, "encore_batch_records_count"), 1),
-                  "worker_latency_mean_s": metric(s.web_port, "encore_recommendation_latency_seconds_sum")
-                  / max(metric(s.web_port, "encore_recommendation_latency_seconds_count"), 1)}
+        worker = inside(s.web_port)
         lat = np.array([(got[k] - t) * 1000 for k, t in sent.items() if k in got])
         answered = len(lat)
         skip = int(len(lat) * 0.1)  # the first 10%: the worker warms up
         lat = lat[skip:]
-        return {"rate": rate, "offered_records": i, "probes": len(sent), "answered": answered, "worker": inside,
+        return {"rate": rate, "offered_records": i, "probes": len(sent), "answered": answered, "worker": worker,
                 "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
                 "p95_ms": float(np.percentile(lat, 95)) if len(lat) else float("nan"),
                 "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
@@ -327,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             if "drain" not in skip:
                 say("(a) one worker drains the workload, every step on")
                 result["drain"] = drain(bench, records, profile=OUT / f"{args.out}-profile.txt" if args.profile else None)
-                say(f"    {result['drain']['events_per_s']:,.0f} events/s")
+                say(f"    {result['drain']['events_per_s']:,.0f} events/s; worker: {result['drain']['worker']}")
             if "bare" not in skip:
                 say("(b) a bare Faust agent reads the same records")
                 result["bare"] = bare(bench, records, args.events)

@@ -43,7 +43,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 COLUMNS: dict[str, tuple[str, ...]] = {
     "events": ("event_id", "user_id", "session_id", "occurred_at", "kind", "track_id", "artist_id", "genre",
                "rec_id", "position", "listened_ms", "track_duration_ms", "device", "activity", "local_hour",
-               "weekday", "cohort", "ingested_at"),
+               "weekday", "cohort", "ingested_at", "timezone", "playlist_id", "rating"),
     "recommendations": ("rec_id", "request_id", "user_id", "created_at", "policy_id", "policy_version",
                         "experiment_arm", "position", "track_id", "score", "propensity", "slate_propensity",
                         "source", "device", "activity", "local_hour"),
@@ -285,6 +285,7 @@ def event_rows(events: Iterable[tuple[Interaction, str, str, datetime]], now: da
             genre, e.rec_id, e.position, e.listened_ms, e.track_duration_ms, str(ctx.device),
             str(ctx.activity), ctx.local_hour if ctx.local_hour is not None else local.hour,
             ctx.weekday if ctx.weekday is not None else local.weekday(), ctx.cohort or "", now,
+            ctx.timezone, e.playlist_id or "", e.rating,
         ])
     return rows
 

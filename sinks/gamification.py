@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -654,6 +655,49 @@ class GamificationStore:
             if name == "global":  # rank changes are reported for the global board
                 ranks = {user: (old, new) for user, old, new in json.loads(reply)}
         return ranks
+
+    # --- generation marker: did Redis lose its state? ------------------------------------
+    def generation_key(self) -> str:
+        return f"{self.prefix}:meta:generation"
+
+    def ensure_generation(self, fresh: bool) -> None:
+        """Create the store's generation marker when the store is new (``fresh``: no event was
+        ever recorded in the analytics store either). A marker that vanishes later means Redis
+        lost its state (restarted without persistence, flushed, failed over to an empty
+        replica): karma and boards are then incomplete until rebuilt from the event log."""
+        if fresh:
+            self.redis.set(self.generation_key(), uuid.uuid4().hex, nx=True)
+
+    def check_generation(self) -> str | None:
+        """None while the marker stands; else what happened. A missing marker is replaced by
+        ``lost:<id>``, so every worker (and every restart) sees the loss until a rebuild
+        (``encore rebuild-gamification``) writes a fresh marker."""
+        key = self.generation_key()
+        got = self.redis.get(key)
+        if got is None:
+            self.redis.set(key, f"lost:{uuid.uuid4().hex}", nx=True)
+            return "the generation marker is gone: Redis lost its state"
+        if got.startswith(b"lost:"):
+            return "Redis lost its state and has not been rebuilt since"
+        return None
+
+    def mark_rebuilt(self) -> str:
+        marker = uuid.uuid4().hex
+        self.redis.set(self.generation_key(), marker)
+        return marker
+
+    def reset(self) -> int:
+        """Delete every key under this store's prefix (before a rebuild). Returns how many."""
+        n = 0
+        batch: list[bytes] = []
+        for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                n += self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            n += self.redis.unlink(*batch)
+        return n
 
     # --- read side ----------------------------------------------------------------------
     def profile(self, user: str, today: int | None = None) -> dict[str, Any]:

@@ -319,6 +319,34 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild_gamification(settings: Settings, args: argparse.Namespace) -> int:
+    """Karma, streaks, achievements and boards recomputed from the events in ClickHouse."""
+    import redis
+
+    from agents.gamify import Rules
+    from agents.rebuild import rebuild
+    from agents.worker import load_catalogue
+    from sinks.clickhouse import ClickHouseError, ClickHouseStore
+    from sinks.gamification import GamificationStore
+
+    try:
+        clickhouse = ClickHouseStore(settings.clickhouse_dsn)
+    except ClickHouseError as exc:
+        console.print(f"[red]{exc}[/red]\nStop the workers first (`make down`), then run this again.")
+        return 1
+    clickhouse.migrate()
+    store = GamificationStore(redis.Redis.from_url(settings.redis_url), Rules.from_toml(settings.gamification_rules),
+                              prefix=settings.redis_prefix)
+    with _progress() as bar:
+        task = bar.add_task("replaying events", total=None)
+        counts = rebuild(clickhouse, store, load_catalogue(settings.catalogue),
+                         lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"rebuilt: {counts['events']:,} events read, {counts['applied']:,} applied, "
+                  f"{counts['skipped']:,} skipped, {counts['keys_removed']:,} old keys removed; "
+                  "a fresh generation marker clears encore_redis_state_lost. Start the workers again.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="encore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -342,10 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seed", type=int, default=11)
         p.add_argument("--run-id", default="", help="event-id namespace; default: a fresh one per run")
     sub.add_parser("topics", help="create the topic catalogue and list it")
+    sub.add_parser("rebuild-gamification", help="recompute Redis gamification state from the events in "
+                   "ClickHouse (workers stopped)")
     args = parser.parse_args(argv)
     settings = load_settings()
     commands = {"produce": cmd_produce, "replay": cmd_replay, "tail": cmd_tail,
-                "simulate": cmd_simulate, "demo": cmd_simulate, "topics": cmd_topics}
+                "simulate": cmd_simulate, "demo": cmd_simulate, "topics": cmd_topics,
+                "rebuild-gamification": cmd_rebuild_gamification}
     return commands[args.command](settings, args)
 
 

@@ -46,7 +46,7 @@ def dump(s: GamificationStore) -> dict:
     differ with the split by design. Their scores, members and all listener keys are compared."""
     out = {}
     for key in s.redis.scan_iter(match=f"{s.prefix}:*", count=1000):
-        if key.startswith(f"{s.prefix}:lb:".encode()) and key.endswith(b":v"):
+        if key.startswith(f"{s.prefix}:lb:".encode()) and key.endswith(b":v") or b":meta:" in key:
             continue
         kind = s.redis.type(key).decode()
         if kind == "hash":

@@ -169,8 +169,12 @@ class Stack:
         if binary is None:
             raise StackError("redis-server is not installed: run `make install` (it runs "
                              "`apt-get install -y redis-server`) or point ENCORE_REDIS_URL at a Redis")
+        # persistent: an append-only file, fsynced every second (karma and boards survive a restart)
+        data = self.settings.state_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
         started = self._spawn("redis", [binary, "--port", str(port), "--bind", host, "--save", "",
-                                        "--appendonly", "no", "--daemonize", "no"])
+                                        "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data),
+                                        "--daemonize", "no"])
         self._wait("redis", self.redis_healthy, 15, started.log)
         return f"redis: started redis-server on {host}:{port} (pid {started.pid})"
 
