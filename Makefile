@@ -9,9 +9,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_SECONDS ?= 60
+DEMO_FLAGS ?=
 
-.PHONY: install system-deps up down status demo test lint schemas clean bench bench-karma bench-clickhouse \
-        bench-recommenders bench-bandits bench-ceiling
+.PHONY: install system-deps up down status demo test test-unit test-integration test-e2e lint schemas clean bench \
+        bench-karma bench-clickhouse bench-recommenders bench-bandits bench-ceiling bench-throughput
 
 install: $(STAMP) system-deps
 
@@ -42,11 +43,26 @@ status: install
 	$(PY) -m deploy.local status
 
 demo: up
-	$(VENV)/bin/encore demo --seconds $(DEMO_SECONDS)
+	$(VENV)/bin/encore demo --seconds $(DEMO_SECONDS) $(DEMO_FLAGS)
 
 test: install
 	$(PY) -m schemas.avro --check
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the tiers, each runnable alone: pure code (seconds), real services, real worker processes
+test-unit: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not e2e"
+
+test-integration: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "integration and not e2e"
+
+test-e2e: install
+	$(PY) -m pytest -q -p no:cacheprovider -m e2e
+
+# one worker's drain rate, a bare Faust agent on the same records, slate latency under open-loop
+# load, two workers, memory per listener: figures + plot in bench/out/throughput.*  (~10 min)
+bench-throughput: install
+	$(PY) -m bench.throughput
 
 bench: bench-karma bench-clickhouse bench-recommenders bench-bandits
 

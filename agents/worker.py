@@ -18,6 +18,7 @@ import logging
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,10 +250,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     def observe(out: Outputs, report: Report, n_records: int, seconds: float) -> None:
         for letter in report.dead:
             metrics.dead.labels(letter.reason).inc()
-        for slate in out.slates:
-            metrics.slates.labels(slate.policy_id).inc()
-            for item in slate.items:
-                metrics.slate_items.labels(slate.policy_id, item.source).inc()
+        for policy_id, n in Counter(slate.policy_id for slate in out.slates).items():
+            metrics.slates.labels(policy_id).inc(n)
+        for (policy_id, source), n in Counter((s.policy_id, i.source) for s in out.slates for i in s.items).items():
+            metrics.slate_items.labels(policy_id, source).inc(n)
         observe_rewards(out.rewards)
         metrics.karma.labels("applied").inc(report.applied.applied)
         metrics.karma.labels("duplicate").inc(report.applied.duplicates)
@@ -263,11 +264,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             metrics.sink_batch.observe(sum(report.rows.values()))
             for table, n in report.rows.items():
                 metrics.sink_rows.labels(table).inc(n)
-        for event in out.events:
-            metrics.events.labels(str(event.kind)).inc()
-            if event.rec_id is not None and event.kind in (Kind.PLAY_END, Kind.SKIP):
-                outcome = "completed" if event.kind == Kind.PLAY_END else "skipped"
-                metrics.feedback.labels(recommender.policy.policy_id, outcome).inc()
+        kinds = Counter(event.kind for event in out.events)
+        for kind, n in kinds.items():
+            metrics.events.labels(str(kind)).inc(n)
+        feedback = Counter("completed" if e.kind == Kind.PLAY_END else "skipped" for e in out.events
+                           if e.rec_id is not None and e.kind in (Kind.PLAY_END, Kind.SKIP))
+        for outcome, n in feedback.items():
+            metrics.feedback.labels(recommender.policy.policy_id, outcome).inc(n)
         metrics.records.inc(n_records)
         metrics.duplicates.inc(out.duplicates)
         metrics.batch.observe(n_records)

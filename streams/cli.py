@@ -186,8 +186,11 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
     run_id = args.run_id or uuid.uuid4().hex[:8]
     console.print(f"simulation run {run_id} (seed {args.seed}; --run-id {run_id} replays it, event ids included)")
     world = World(load_catalogue(settings.catalogue), n_listeners=args.listeners, seed=args.seed, run_id=run_id)
+    rate = 0.0 if args.saturate else args.rate
+    if rate:
+        console.print(f"listeners paced to {rate:,.0f} events/s (a load one worker sustains); --saturate shows capacity")
     loop = ClosedLoop(settings, world, concurrency=args.concurrency, slate_size=settings.slate_size,
-                      bad_rate=args.bad_rate, seed=args.seed)
+                      bad_rate=args.bad_rate, seed=args.seed, rate=rate)
     before = _worker_counts(settings)
     try:
         with _progress() as bar:
@@ -233,7 +236,8 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
         t.add_row("events processed by the worker", f"{worker_events:,.0f} = {worker_events / wall:,.0f} events/s "
                   f"in {worker.get('encore_records_total', 0):,.0f} Kafka records")
     t.add_row("slates served", f"{stats.slates:,} of {stats.requests:,} requests "
-              f"(timed out {stats.timed_out}, latency p50 {stats.latency(50):.0f} ms, p95 {stats.latency(95):.0f} ms)")
+              f"(timed out {stats.timed_out}, latency p50 {stats.latency(50):.0f} ms, p95 {stats.latency(95):.0f} ms, "
+              f"p99 {stats.latency(99):.0f} ms)")
     played = stats.completions + stats.skips
     t.add_row("listener behaviour", f"{stats.sessions:,} sessions, {played:,} tracks played, "
               f"completion rate {stats.completions / max(played, 1):.1%}")
@@ -368,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--bad-rate", type=float, default=0.005 if name == "demo" else 0.0,
                        help="share of requests followed by a malformed record (DLQ path)")
         p.add_argument("--seed", type=int, default=11)
+        p.add_argument("--rate", type=float, default=1000.0 if name == "demo" else 0.0,
+                       help="events/s the listeners send at most (0: as fast as slates come back)")
+        p.add_argument("--saturate", action="store_true", help="no pace: as many listeners as --concurrency, "
+                       "as fast as the worker answers (capacity, with the latency that costs)")
         p.add_argument("--run-id", default="", help="event-id namespace; default: a fresh one per run")
     sub.add_parser("topics", help="create the topic catalogue and list it")
     sub.add_parser("rebuild-gamification", help="recompute Redis gamification state from the events in "

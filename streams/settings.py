@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:16379/0"  # the local stack's own, persistent (not a machine's 6379)
     clickhouse_dsn: str = f"chdb://{ROOT / 'var' / 'chdb'}"
     schema_registry_url: str | None = None
     state_dir: Path = ROOT / "var"

@@ -80,7 +80,10 @@ class ClosedLoop:
         bad_rate: float = 0.0,
         seed: int = 0,
         request_timeout_s: float = 30.0,
+        rate: float = 0.0,
     ) -> None:
+        """``rate`` > 0 paces the listeners to at most that many events/s (an open-loop offered
+        load the worker can be asked to sustain); 0 lets them go as fast as slates come back."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.settings = settings
@@ -90,6 +93,11 @@ class ClosedLoop:
         self.bad_rate = bad_rate
         self.rng = random.Random(seed)
         self.request_timeout_s = request_timeout_s
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        self.rate = rate
+        self._ready: deque[tuple[Session, list[Interaction]]] = deque()  # requests waiting for the pace
+        self._started = 0.0
         self.stats = LoopStats()
         self._idle = deque(world.listeners)
         self.rng.shuffle(self._idle)
@@ -104,13 +112,22 @@ class ClosedLoop:
     def run(self, seconds: float, on_tick: object | None = None, max_events: int | None = None) -> LoopStats:
         """Run for ``seconds`` of wall time (or until ``max_events``), then drain in-flight slates."""
         self.consumer.wait_assigned()
-        start = time.monotonic()
+        start = self._started = time.monotonic()
         deadline = start + seconds
         while time.monotonic() < deadline and (max_events is None or self.stats.events < max_events):
-            self._fill()
+            self._release()
+            if not self._ready:
+                self._fill()
             self._pump()
             if on_tick is not None:
                 on_tick(self.stats)  # type: ignore[operator]
+        while self._ready:  # paced listeners still waiting: their feedback goes out, no new request
+            session, before = self._ready.popleft()
+            self._in_flight.pop(session.listener.user_id, None)
+            if before:
+                self.producer.send_many(before)
+                self.stats.events += len(before)
+            self._idle.append(session.listener)
         drain_until = time.monotonic() + self.request_timeout_s
         while self._in_flight and time.monotonic() < drain_until:
             self._pump(continue_sessions=False)
@@ -136,7 +153,22 @@ class ClosedLoop:
             self.stats.sessions += 1
             self._request(session, [])
 
+    def _allowed(self) -> bool:
+        """Within the pace (always, without one)?"""
+        return not self.rate or self.stats.events < self.rate * (time.monotonic() - self._started)
+
+    def _release(self) -> None:
+        while self._ready and self._allowed():
+            self._send(*self._ready.popleft())
+
     def _request(self, session: Session, before: list[Interaction]) -> None:
+        if self._ready or not self._allowed():  # over the pace: the listener waits its turn
+            self._ready.append((session, before))
+            self._in_flight[session.listener.user_id] = _InFlight(session, None, time.monotonic())  # type: ignore[arg-type]
+            return
+        self._send(session, before)
+
+    def _send(self, session: Session, before: list[Interaction]) -> None:
         request = self.world.request(session, self.slate_size)
         self.producer.send_many([*before, request])
         self._in_flight[session.listener.user_id] = _InFlight(session, request, time.monotonic())
@@ -153,12 +185,13 @@ class ClosedLoop:
         for msg in self.consumer.poll_decoded(timeout=0.02, max_messages=1000):
             rec = msg.value
             flight = self._in_flight.get(msg.key or "")
-            if not isinstance(rec, Recommendation) or flight is None or rec.request_id != flight.request.event_id:
+            if (not isinstance(rec, Recommendation) or flight is None or flight.request is None
+                    or rec.request_id != flight.request.event_id):
                 self.stats.unmatched_slates += 1
                 continue
             self._answer(flight, rec, continue_sessions)
         now = time.monotonic()
-        for user in [u for u, f in self._in_flight.items() if now - f.sent > self.request_timeout_s]:
+        for user in [u for u, f in self._in_flight.items() if f.request is not None and now - f.sent > self.request_timeout_s]:
             self.stats.timed_out += 1
             self._idle.append(self._in_flight.pop(user).session.listener)
 
