@@ -43,6 +43,9 @@ class BatchState:
     analytics: bool = True
     max_record_bytes: int = 1_048_576
     max_batch_events: int = 1000
+    #: events partition -> offset below which the recommender already learned (a handoff from the
+    #: partition's previous owner covers them): those records still get their effects and rows
+    learned_below: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,8 +99,15 @@ def process_batch(records: list[RawRecord], state: BatchState, now: datetime) ->
     out = Outputs(records, decoded.events, decoded.origin, dead=decoded.dead)
     rec = state.recommender
     before = rec.duplicates
+    partitions = [records[i].partition for i in out.origin]
+    if state.learned_below:
+        learn = [j for j, i in enumerate(out.origin)
+                 if records[i].offset >= state.learned_below.get(records[i].partition, -1)]
+        events, partitions = [out.events[j] for j in learn], [partitions[j] for j in learn]
+    else:
+        events = out.events
     try:
-        out.slates = rec.process(out.events, now)
+        out.slates = rec.process(events, now, partitions)
         out.rewards = rec.close(now).records  # step reward-join: decisions whose window passed
     except Exception as exc:  # a bug must not stop the stream: park the batch, say why
         log.exception("recommend step failed; the batch's records go to the DLQ",

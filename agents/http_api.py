@@ -4,6 +4,7 @@
     GET  /v1/recommendations/{user}  the listener's latest slate
     GET  /v1/users/{user}/profile    karma, tier, avatar items, streak, achievements, rank
     GET  /v1/leaderboards/{board}    top N (?n=), or the board around a listener (?around=)
+    GET  /v1/users/{user}/model      what this worker's recommender holds about the listener
     GET  /healthz, /readyz           liveness; readiness (partitions assigned)
     GET  /openapi.json               this API, generated from the route table and the contracts
 
@@ -97,6 +98,21 @@ class Ready(BaseModel):
     ready: bool
     partitions: list[int]
     batches: int
+    stalled_s: float = Field(0.0, description="how long the current batch has waited for a store or the "
+                             "broker (0: not waiting)")
+
+
+class ListenerModel(BaseModel):
+    """What this worker's recommender holds about a listener (only the worker that owns the
+    listener's events partition knows them)."""
+
+    user_id: str
+    worker_id: str
+    partition: int | None = Field(description="the events partition the listener's state belongs to")
+    plays: int = Field(description="plays the listener's profile has seen")
+    completions: int
+    recent_tracks: list[str] = Field(description="recently played tracks (kept out of slates)")
+    open_decisions: list[str] = Field(description="rec_ids of slates whose reward window is still open")
 
 
 @dataclass(frozen=True)
@@ -129,8 +145,11 @@ ROUTES = (
                   {"name": "n", "in": "query", "required": False,
                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}},
                   {"name": "around", "in": "query", "required": False, "schema": {"type": "string"}})),
+    Route("get", "/v1/users/{user}/model", "What this worker's recommender holds about a listener (404 on the "
+          "workers that do not own the listener's partition)", {200: ListenerModel, 404: ErrorBody}, params=(USER,)),
     Route("get", "/healthz", "Liveness", {200: Health}),
-    Route("get", "/readyz", "Readiness: partitions assigned, not rebalancing", {200: Ready, 503: Ready}),
+    Route("get", "/readyz", "Readiness: partitions assigned, not rebalancing, not waiting for a store",
+          {200: Ready, 503: Ready}),
 )
 
 
@@ -179,7 +198,8 @@ def _error(web: faust.web.View, status: int, message: str, problems: list[Proble
 
 
 def register_api(app: faust.App, settings: Settings, *, events_topic: faust.TopicT, serde: Serde,
-                 slates: SlateCache, gamification: GamificationStore | None, readiness: Any) -> None:
+                 slates: SlateCache, gamification: GamificationStore | None, readiness: Any,
+                 listener_model: Any = None) -> None:
     keys = settings.api_key_set()
     limit = settings.max_record_bytes
     spec = json.dumps(openapi()).encode()
@@ -252,6 +272,14 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
             top = await asyncio.to_thread(gamification.top, board, n)
             entries = [BoardEntry(rank=i, user_id=u, score=s) for i, (u, s) in enumerate(top, 1)]
         return _json(web, Board(board=board, entries=entries), 200)
+
+    @app.page("/v1/users/{user}/model")
+    async def model(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        got = listener_model(user) if listener_model is not None else None
+        if got is None:
+            return _error(web, 404, f"this worker holds no recommender state for {user!r}; ask the worker that "
+                                    "owns the listener's events partition (see /readyz partitions)")
+        return _json(web, ListenerModel.model_validate(got), 200)
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

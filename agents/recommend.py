@@ -96,10 +96,16 @@ class Recommender:
         self.duplicates = 0
         self.unknown_tracks = 0
         self.decisions: OrderedDict[uuid.UUID, Recommendation] = OrderedDict()  # open ones, for RewardRecords
+        self.partition_of: dict[str, int] = {}  # listener -> events partition (whose state moves with it)
 
     # --- the step --------------------------------------------------------------------------
-    def process(self, events: list[Interaction], now: datetime) -> list[Recommendation]:
-        """Answer requests and learn from feedback, in order. Returns the new slates."""
+    def process(self, events: list[Interaction], now: datetime, partitions: list[int] | None = None
+                ) -> list[Recommendation]:
+        """Answer requests and learn from feedback, in order. Returns the new slates.
+        ``partitions`` (per event, its events partition) tells whose state moves where."""
+        if partitions is not None:
+            for event, p in zip(events, partitions, strict=True):
+                self.partition_of[event.user_id] = p
         slates = []
         for event in events:
             if not self.seen.add(event.event_id):
@@ -163,11 +169,49 @@ class Recommender:
                 out.records.append(reward_record(rec, closed, now))
         return out
 
+    # --- listener state follows its partition ------------------------------------------------
+    def export_partition(self, partition: int) -> bytes:
+        """Remove and return the state of the listeners of one events partition: profiles,
+        recent plays, open decisions with their feedback (the partition moves to another worker)."""
+        users = {u for u, p in self.partition_of.items() if p == partition}
+        join = self.join.export_users(users)
+        decisions = {r: self.decisions.pop(r) for r in join["open"] if r in self.decisions}
+        for u in users:
+            del self.partition_of[u]
+        return pickle.dumps({"users": users, "policy": self.policy.export_listeners(users), "join": join,
+                             "recent": {u: self.recent.pop(u) for u in users if u in self.recent},
+                             "decisions": decisions})
+
+    def import_partition(self, partition: int, blob: bytes, now: datetime) -> int:
+        """Take over a partition's listeners exported by :meth:`export_partition`; returns how many."""
+        state = pickle.loads(blob)
+        self.policy.import_listeners(state["policy"])
+        self.join.import_users(state["join"], now)
+        self.recent.update(state["recent"])
+        self.decisions.update(state["decisions"])
+        for u in state["users"]:
+            self.partition_of[u] = partition
+        return len(state["users"])
+
+    def listener(self, user_id: str) -> dict[str, Any] | None:
+        """A summary of what this recommender holds about one listener, or None."""
+        prof = getattr(getattr(self.policy, "gen", None), "profiles", {}).get(user_id)
+        recent = self.recent.get(user_id)
+        if prof is None and recent is None and user_id not in self.partition_of:
+            return None
+        return {
+            "user_id": user_id, "partition": self.partition_of.get(user_id),
+            "plays": int(sum(prof.track_shown.values())) if prof is not None else 0,
+            "completions": int(sum(prof.track_pos.values())) if prof is not None else 0,
+            "recent_tracks": [self.catalogue.track_ids[i] for i in (recent or ())],
+            "open_decisions": [str(r) for r in self.join.by_user.get(user_id, []) if r in self.join.open],
+        }
+
     # --- snapshots ---------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         return pickle.dumps({"policy": self.policy.snapshot(), "join": self.join.snapshot(),
                              "seen": self.seen.to_bytes(SNAPSHOT_IDS), "recent": self.recent,
-                             "decisions": self.decisions})
+                             "decisions": self.decisions, "partition_of": self.partition_of})
 
     def restore(self, blob: bytes) -> None:
         state: dict[str, Any] = pickle.loads(blob)
@@ -175,6 +219,7 @@ class Recommender:
         self.join.restore(state["join"])
         self.seen = RecentIds.from_bytes(self.seen.capacity, state["seen"])
         self.recent, self.decisions = state["recent"], state["decisions"]
+        self.partition_of = state.get("partition_of", {})
 
 
 def reward_record(rec: Recommendation, closed: Closed, now: datetime) -> RewardRecord:

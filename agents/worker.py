@@ -58,6 +58,7 @@ from schemas.events import Kind
 from schemas.wire import SchemaCatalogue, Serde
 from sinks.clickhouse import AnalyticsSink, ClickHouseStore
 from sinks.gamification import GamificationStore
+from sinks.handoff import HandoffStore
 from sinks.slate_cache import SlateCache
 from streams.app import create_app
 from streams.settings import Settings, load_settings
@@ -340,9 +341,59 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         learning["last_snapshot"] = time.monotonic()
         metrics.snapshot_seconds.observe(time.perf_counter() - started)
 
+    handoffs = HandoffStore(redis_client, settings.redis_prefix, settings.app_id)
+
+    @app.on_partitions_revoked.connect
+    async def hand_off(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        """Partitions leaving this worker take their listeners' state with them (Faust calls this
+        once the batches in flight are acknowledged)."""
+        for tp in revoked:
+            if tp.topic != events_topic.get_topic_name():
+                continue
+            blob = recommender.export_partition(tp.partition)
+            offset = learning["events_offsets"].get(tp.partition, 0)
+            try:
+                await asyncio.to_thread(handoffs.put, tp.partition, blob, offset)
+                metrics.handoffs.labels("out").inc()
+                log.info("listener state of partition %d handed off (%d bytes, up to offset %d)", tp.partition,
+                         len(blob), offset, extra={"partition": tp.partition})
+            except Exception as exc:  # Redis away: the new owner starts these listeners cold; say so
+                metrics.timer_failures.labels("handoff").inc()
+                log.warning("listener state of partition %d not handed off (%s); its listeners start cold on "
+                            "their new worker", tp.partition, exc, extra={"partition": tp.partition})
+
+    @app.on_partitions_assigned.connect
+    async def take_over(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        for tp in assigned:
+            if tp.topic != events_topic.get_topic_name():
+                continue
+            try:
+                got = await asyncio.to_thread(handoffs.take, tp.partition)
+            except Exception as exc:
+                metrics.timer_failures.labels("handoff").inc()
+                log.warning("no listener state taken over for partition %d (%s)", tp.partition, exc)
+                continue
+            if got is None:
+                continue
+            blob, offset = got
+            n = recommender.import_partition(tp.partition, blob, datetime.now(UTC))
+            state.learned_below[tp.partition] = offset
+            learning["events_offsets"][tp.partition] = max(learning["events_offsets"].get(tp.partition, 0), offset)
+            metrics.handoffs.labels("in").inc()
+            log.info("took over %d listeners of partition %d (learned up to offset %d)", n, tp.partition, offset,
+                     extra={"partition": tp.partition})
+
     @app.on_before_shutdown.connect
     def _final_snapshot(app: faust.App, **kwargs: Any) -> None:
         take_snapshot()
+        # a clean stop hands its partitions' listeners on (Faust sends no revoke while stopping)
+        for tp in app.consumer.assignment():
+            if tp.topic == events_topic.get_topic_name():
+                try:
+                    handoffs.put(tp.partition, recommender.export_partition(tp.partition),
+                                 learning["events_offsets"].get(tp.partition, 0))
+                except Exception as exc:
+                    log.warning("listener state of partition %d not handed off at shutdown (%s)", tp.partition, exc)
         if learning["reader"] is not None:
             learning["reader"].close()
 
@@ -392,8 +443,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 "batches": counters["batches"], "stalled_s": round(time.monotonic() - delivery.stalled_since, 1)
                 if stalled else 0.0}
 
+    def listener_model(user: str) -> dict[str, Any] | None:
+        got = recommender.listener(user)
+        return None if got is None else {**got, "worker_id": worker_id}
+
     register_api(app, settings, events_topic=events_topic, serde=serde, slates=slate_cache,
-                 gamification=store, readiness=readiness)
+                 gamification=store, readiness=readiness, listener_model=listener_model)
 
     @app.timer(5.0)
     @guarded("measure-lag", metrics)

@@ -84,6 +84,13 @@ class RandomPolicy:
     def restore(self, blob: bytes) -> None:
         return None
 
+    def export_listeners(self, users: set[str]) -> dict[str, Any]:
+        """Remove and return what the policy keeps per listener (nothing here)."""
+        return {}
+
+    def import_listeners(self, state: dict[str, Any]) -> None:
+        return None
+
 
 class PopularityPolicy(RandomPolicy):
     policy_id = "popularity"
@@ -213,6 +220,14 @@ class HybridPolicy:
         if self.listener_layer:
             self.gen.learn_residuals(user_id, tracks[seen], residual, weight, self.layer_l2)
         return len(seen)
+
+    def export_listeners(self, users: set[str]) -> dict[str, Any]:
+        """Remove and return these listeners' profiles (what the candidate generators and the
+        listener layer learned of them); the shared model stays."""
+        return {"profiles": {u: self.gen.profiles.pop(u) for u in users if u in self.gen.profiles}}
+
+    def import_listeners(self, state: dict[str, Any]) -> None:
+        self.gen.profiles.update(state.get("profiles", {}))
 
     def snapshot(self) -> bytes:
         return pickle.dumps((self.ranker.snapshot(), self.gen.snapshot(), self.sessions))

@@ -269,6 +269,35 @@ class RewardJoin:
         self.stats.closed += 1
         return Closed(decision, rewards)
 
+    def export_users(self, users: set[str]) -> dict[str, Any]:
+        """Remove and return these listeners' open decisions, waiting feedback and clocks (their
+        partition moves to another worker, which :meth:`import_users` them)."""
+        open_ = {r: d for r, d in self.open.items() if d.user_id in users}
+        for r in open_:
+            del self.open[r]
+        waiting = {r: fbs for r, fbs in self.waiting.items() if fbs and fbs[0].user_id in users}
+        for r in waiting:
+            del self.waiting[r]
+            self._waiting_since.pop(r, None)
+        return {"open": open_, "waiting": waiting,
+                "by_user": {u: self.by_user.pop(u) for u in users if u in self.by_user},
+                "user_clock": {u: self.user_clock.pop(u) for u in users if u in self.user_clock}}
+
+    def import_users(self, state: dict[str, Any], now: datetime) -> None:
+        """Take over listeners exported by another worker. Their decisions' processing-time
+        deadlines restart from ``now`` (the windows of event time are kept)."""
+        for r, d in state["open"].items():
+            if r not in self.open and r not in self._closed:
+                d.opened_at = now
+                self.open[r] = d
+        for r, fbs in state["waiting"].items():
+            self.waiting.setdefault(r, []).extend(fbs)
+            self._waiting_since.setdefault(r, now)
+        for u, ids in state["by_user"].items():
+            self.by_user[u] = list(dict.fromkeys([*self.by_user.get(u, []), *ids]))
+        for u, t in state["user_clock"].items():
+            self.user_clock[u] = max(t, self.user_clock.get(u, t))
+
     def snapshot(self) -> bytes:
         state = dict(self.__dict__)
         for name in ("_seen", "_closed"):  # many ids: 16 bytes each instead of pickled UUID objects

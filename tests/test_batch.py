@@ -88,3 +88,23 @@ def test_a_failing_recommender_parks_the_batch_in_the_dlq(monkeypatch: pytest.Mo
     out = process_batch(records(encode_batch([event(Kind.PLAY_END)], SERDE)), s, NOW)
     assert out.events == [] and [d.reason for d in out.dead] == ["processing_error"]
     assert "model bug" in out.dead[0].error
+
+
+def test_a_partition_s_listeners_move_with_their_state_and_are_not_learned_twice() -> None:
+    old, new = state(), state()
+    batch = [event(Kind.PLAY_START, user="mover"), event(Kind.PLAY_END, user="mover"), event(Kind.REC_REQUEST, user="mover")]
+    recs = [RawRecord("encore.events", 2, 40, b"mover", encode_batch(batch, SERDE)),
+            RawRecord("encore.events", 1, 7, b"stay", encode_batch([event(Kind.PLAY_END, user="stay")], SERDE))]
+    first = process_batch(recs, old, NOW)
+    had = old.recommender.listener("mover")
+    assert had["partition"] == 2 and had["plays"] == 1 and len(had["open_decisions"]) == 1
+    blob = old.recommender.export_partition(2)
+    assert old.recommender.listener("mover") is None and old.recommender.listener("stay") is not None
+    assert new.recommender.import_partition(2, blob, NOW) == 1
+    assert new.recommender.listener("mover") == had
+    # the new owner reads the partition again from the committed offset: what the handoff covers
+    # is not learned twice and gets no second slate, but still gets its effects and rows
+    new.learned_below[2] = 41
+    again = process_batch(recs[:1], new, NOW)
+    assert again.slates == [] and new.recommender.listener("mover") == had
+    assert len(again.effects) == len(first.effects) - 1 and len(again.rows["events"]) == 3

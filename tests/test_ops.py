@@ -98,7 +98,10 @@ def test_promtool_accepts_the_config_and_alert_rules() -> None:
         assert out.returncode == 0, out.stdout + out.stderr
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {"EncoreWorkerDown", "EncoreConsumerLagGrowing", "EncoreDeadLetterRateHigh",
-                                          "EncoreNoRecommendations", "EncoreSinkFailures"}
+                                          "EncoreNoRecommendations", "EncoreSinkFailures", "EncoreStalled",
+                                          "EncoreRedisStateLost"}
+    runbook = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    assert all(f"### {r['alert']}" in runbook for r in rules)  # every alert says what to do
 
 
 def exported_names(url: str) -> set[str]:
