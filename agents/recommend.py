@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from cachetools import FIFOCache
 
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
@@ -34,19 +35,17 @@ Policy = RandomPolicy | HybridPolicy
 
 
 class RecentIds:
-    """A bounded memory of event ids (oldest forgotten first)."""
+    """A bounded memory of event ids, oldest forgotten first (a cachetools FIFO cache)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._ids: FIFOCache[uuid.UUID, None] = FIFOCache(maxsize=capacity)
 
     def add(self, event_id: uuid.UUID) -> bool:
         """True if new; False if already seen."""
         if event_id in self._ids:
             return False
         self._ids[event_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
         return True
 
     def __len__(self) -> int:

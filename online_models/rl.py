@@ -134,9 +134,10 @@ class SessionDQN:
         self.d, self.hidden, self.gamma, self.lr = n_features, hidden, gamma, lr
         self.temperature, self.batch_size, self.target_every = temperature, batch_size, target_every
         self.seed = seed
-        torch.manual_seed(seed)
-        self.q = _QNet(n_features, hidden)
-        self.target = _QNet(n_features, hidden)
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the global RNG is left as it was
+            torch.manual_seed(seed)
+            self.q = _QNet(n_features, hidden)
+            self.target = _QNet(n_features, hidden)
         self.target.load_state_dict(self.q.state_dict())
         self.opt = torch.optim.Adam(self.q.parameters(), lr=lr)
         self.buffer = _Buffer(buffer_size, n_features)

@@ -35,7 +35,6 @@ Order of ties on a board: equal scores rank by member id, reverse byte order (Re
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -480,14 +479,13 @@ class Applied:
 class GamificationStore:
     """Applies effects to Redis and reads profiles and boards back."""
 
-    def __init__(self, client: redis.Redis, rules: Rules, prefix: str = PREFIX, retries: int = 3,
+    def __init__(self, client: redis.Redis, rules: Rules, prefix: str = PREFIX,
                  cluster: bool | None = None) -> None:
         self.redis = client
         # on one Redis the boards are written by APPLY itself; on Redis Cluster by a second pass
         self.cluster = isinstance(client, redis.RedisCluster) if cluster is None else cluster
         self.rules = rules
         self.prefix = prefix
-        self.retries = retries
         # the rules are baked into the script (a Lua long string), so each call decodes them once
         self._apply = client.register_script(APPLY.replace("= RULES", "= " + lua_literal(json.loads(rules.lua_args)), 1))
         self._board = client.register_script(BOARD)
@@ -561,16 +559,10 @@ class GamificationStore:
         return [now_ms, body, boards, WEEKLY_TTL_S, b"".join(pending[u].blob() for u in users)]
 
     def apply(self, effects: list[Effect], now: datetime | None = None) -> Applied:
-        """Apply a batch: one pipeline of per-listener scripts, one of board updates.
-        Retries with backoff on connection errors (safe: every step is idempotent)."""
-        for attempt in range(self.retries + 1):
-            try:
-                return self._apply_once(effects, now or datetime.now(UTC))
-            except (redis.ConnectionError, redis.TimeoutError):
-                if attempt == self.retries:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+        """Apply a batch: one pipeline of per-listener scripts, one of board updates. One
+        attempt: the caller owns the retry policy (the worker's delivery retries transient
+        errors with backoff; every step is idempotent, so that is safe)."""
+        return self._apply_once(effects, now or datetime.now(UTC))
 
     def _apply_once(self, effects: list[Effect], now: datetime) -> Applied:
         out = Applied()
