@@ -14,14 +14,29 @@ import json
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, TypeVar
+from uuid import UUID
 
 import fastavro
 from pydantic import BaseModel, ValidationError
 
 from schemas.avro import AVRO_DIR, generate, latest_versions, load_ids
-from schemas.events import NAMESPACE, RECORDS, EventBatch, Interaction
+from schemas.events import (
+    EARLIEST,
+    LATEST,
+    NAMESPACE,
+    RECORDS,
+    TRACK_KINDS,
+    Activity,
+    Context,
+    Device,
+    EventBatch,
+    Interaction,
+    Kind,
+    Network,
+)
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -213,7 +228,13 @@ def decode_events(
             Rejected("batch_too_large", f"{len(items)} events in one record, limit {max_events}")
         )
         return out
+    avro = data[0] == MAGIC
     for index, (item, raw) in enumerate(zip(items, raw_items, strict=True)):
+        if avro:  # the schema guarantees the types: check the rules without a validation pass
+            fast = fast_interaction(item)
+            if fast is not None:
+                out.events.append(fast)
+                continue
         at = index if len(items) > 1 or raw is not None else None
         try:
             out.events.append(Interaction.model_validate(item))
@@ -221,6 +242,86 @@ def decode_events(
             reason, message = explain(exc)
             out.rejected.append(Rejected(reason, message, at, raw))
     return out
+
+
+# --- the fast path for Avro events --------------------------------------------------------
+# An Avro record of the committed schema already has every field with its type (strings, ints,
+# UUIDs, an aware datetime, enum symbols). What pydantic would still check are the contract's
+# rules: lengths, ranges, enum membership, valid text, the time window, the kind rules.
+# ``fast_interaction`` checks exactly those in plain Python and builds the object without a
+# validation pass; if anything is off it returns None and pydantic decides (with its reasons).
+# tests/test_schemas.py holds it to pydantic's verdict and result on generated records.
+_KINDS = {k.value: k for k in Kind}
+_DEVICES, _ACTIVITIES, _NETWORKS = ({m.value: m for m in e} for e in (Device, Activity, Network))
+_FIELDS = frozenset(Interaction.model_fields)
+_CONTEXT_FIELDS = frozenset(Context.model_fields)
+_new, _set = object.__new__, object.__setattr__
+_INT_MAX = 2**31 - 1
+
+
+def _build(cls: type[BaseModel], values: dict[str, Any], fields: frozenset[str]) -> Any:
+    """A model instance from values already known to satisfy it (what ``model_construct`` does,
+    without its per-field default handling: every field is present)."""
+    obj = _new(cls)
+    _set(obj, "__dict__", values)
+    _set(obj, "__pydantic_fields_set__", fields)
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
+def _text_ok(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is str and lo <= len(v) <= hi and (v.isascii() or _utf8(v))
+
+
+def _utf8(v: str) -> bool:
+    try:
+        v.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
+def _opt_text_ok(v: Any, lo: int, hi: int) -> bool:
+    return v is None or _text_ok(v, lo, hi)
+
+
+def _opt_int_ok(v: Any, lo: int, hi: int) -> bool:
+    return v is None or (type(v) is int and lo <= v <= hi)
+
+
+def fast_interaction(r: dict[str, Any]) -> Interaction | None:
+    """The Interaction for an Avro-decoded record when it provably passes every rule, else None."""
+    ctx = r.get("context")
+    if type(ctx) is not dict or len(r) != len(_FIELDS) or len(ctx) != len(_CONTEXT_FIELDS):
+        return None
+    kind = _KINDS.get(r.get("kind"))  # type: ignore[arg-type]
+    device, activity, network = (_DEVICES.get(ctx.get("device")), _ACTIVITIES.get(ctx.get("activity")),  # type: ignore[arg-type]
+                                 _NETWORKS.get(ctx.get("network")))  # type: ignore[arg-type]
+    at = r.get("occurred_at")
+    rating, track = r.get("rating"), r.get("track_id")
+    if (kind is None or device is None or activity is None or network is None
+            or type(r.get("event_id")) is not UUID or not (r.get("rec_id") is None or type(r["rec_id"]) is UUID)
+            or type(at) is not datetime or at.tzinfo is None or at.utcoffset() or not EARLIEST <= at < LATEST
+            or not _text_ok(r.get("user_id"), 1, 128) or not _text_ok(r.get("session_id"), 1, 128)
+            or not _opt_text_ok(track, 1, 128) or not _opt_text_ok(r.get("artist_id"), 0, 128)
+            or not _opt_text_ok(r.get("playlist_id"), 0, 128)
+            or not _opt_int_ok(r.get("position"), 0, 1000) or not _opt_int_ok(r.get("listened_ms"), 0, _INT_MAX)
+            or not _opt_int_ok(r.get("track_duration_ms"), 0, _INT_MAX) or not _opt_int_ok(r.get("slate_size"), 1, 100)
+            or not (rating is None or (type(rating) is float and 0 <= rating <= 5))
+            or not _opt_int_ok(ctx.get("local_hour"), 0, 23) or not _opt_int_ok(ctx.get("weekday"), 0, 6)
+            or not _text_ok(ctx.get("timezone"), 0, 64) or not _opt_text_ok(ctx.get("country"), 0, 8)
+            or not _opt_text_ok(ctx.get("cohort"), 0, 64)):
+        return None
+    if (kind in TRACK_KINDS and track is None) or (kind is Kind.RATING and rating is None) or (
+            kind is Kind.FOLLOW_ARTIST and r.get("artist_id") is None and track is None):
+        return None
+    values = dict(r)
+    values["kind"] = kind
+    values["occurred_at"] = at if at.tzinfo is UTC else at.astimezone(UTC)
+    values["context"] = _build(Context, {**ctx, "device": device, "activity": activity, "network": network},
+                               _CONTEXT_FIELDS)
+    return _build(Interaction, values, _FIELDS)  # type: ignore[no-any-return]
 
 
 def _json_items(data: bytes) -> tuple[list[Any], list[bytes | None]]:

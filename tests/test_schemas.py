@@ -212,3 +212,51 @@ def test_context_fields_take_defaults() -> None:
     })
     assert event.context.activity == "unknown" and event.context.timezone == "UTC"
     assert event.occurred_at.tzinfo is not None
+
+
+# --- the Avro fast path (schemas.wire.fast_interaction) holds to pydantic's verdict -------------
+def avro_record(event: Interaction) -> dict:
+    """The dict fastavro reads back for this event, as the decoder sees it."""
+    name, record = SERDE._read(SERDE.encode(event))
+    assert name == "encore.Interaction"
+    return record
+
+
+#: values pydantic refuses (or accepts) at each field: the fast path must never accept more
+MUTATIONS = st.sampled_from([
+    ("user_id", ""), ("user_id", "x" * 129), ("user_id", "ok\ud800"), ("session_id", ""), ("track_id", ""),
+    ("track_id", "t" * 129), ("track_id", None), ("artist_id", "a" * 129), ("playlist_id", "p" * 129),
+    ("position", -1), ("position", 1001), ("position", 1000), ("listened_ms", 2**31), ("listened_ms", -5),
+    ("track_duration_ms", 2**31 - 1), ("slate_size", 0), ("slate_size", 101), ("rating", 5.5), ("rating", None),
+    ("rating", float("nan")), ("kind", "no_such_kind"), ("kind", "rating"), ("kind", "follow_artist"),
+    ("occurred_at", datetime(1999, 12, 31, tzinfo=UTC)), ("occurred_at", datetime(2100, 1, 1, tzinfo=UTC)),
+    ("occurred_at", datetime(2026, 1, 1)), ("event_id", "not-a-uuid"), ("rec_id", "nope"),
+    ("context.local_hour", 24), ("context.weekday", 7), ("context.timezone", "z" * 65), ("context.country", "123456789"),
+    ("context.cohort", "c" * 65), ("context.device", "toaster"), ("context.activity", "flying"),
+    ("context.network", "5g"), ("extra", 1),
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(interactions(), st.lists(MUTATIONS, max_size=3))
+def test_the_avro_fast_path_accepts_only_what_pydantic_accepts_and_builds_the_same_event(
+        event: Interaction, mutations: list) -> None:
+    from pydantic import ValidationError
+
+    from schemas.wire import fast_interaction
+
+    record = copy.deepcopy(avro_record(event))
+    for path, value in mutations:
+        target = record["context"] if path.startswith("context.") else record
+        target[path.removeprefix("context.")] = value
+    fast = fast_interaction(record)
+    try:
+        slow = Interaction.model_validate(record)
+    except ValidationError:
+        assert fast is None  # never accepted what the contract refuses
+        return
+    if fast is not None:
+        assert fast == slow and fast.model_dump() == slow.model_dump() and fast.context == slow.context
+        assert fast.model_dump_json() == slow.model_dump_json()
+    if not mutations:
+        assert fast is not None  # an untouched record takes the fast path
