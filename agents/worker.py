@@ -61,6 +61,7 @@ from sinks.gamification import GamificationStore
 from sinks.handoff import HandoffStore
 from sinks.slate_cache import SlateCache
 from streams.app import create_app
+from streams.client import AsyncProducer
 from streams.settings import Settings, load_settings
 from streams.simulator import synthetic_catalogue
 from streams.topics import DLQ, EVENTS, GAMIFICATION, MODELS, RECOMMENDATIONS, REWARDS
@@ -151,14 +152,15 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
               for name, t in (("dlq", DLQ), ("recommendations", RECOMMENDATIONS), ("gamification", GAMIFICATION),
                               ("rewards", REWARDS))}
     topic_names = {name: t.get_topic_name() for name, t in topics.items()}
-    by_name = {t.get_topic_name(): t for t in topics.values()}
     models_topic = app.topic(settings.topic(MODELS.name), partitions=1, **raw)
     state = BatchState(serde, catalogue, recommender, game_rules, analytics is not None,
                        settings.max_record_bytes, settings.max_batch_events)
     counters = {"batches": 0}
 
+    producer = AsyncProducer(settings)  # outputs go through librdkafka, not Faust's Python producer
+
     async def send(topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
-        return await by_name[topic].send(key=key, value=value)
+        return await producer.send(topic, key, value)
 
     def on_stall(stalled: bool) -> None:
         """Pause fetching from the events partitions while a batch waits (memory stays bounded)."""
@@ -394,6 +396,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                                  learning["events_offsets"].get(tp.partition, 0))
                 except Exception as exc:
                     log.warning("listener state of partition %d not handed off at shutdown (%s)", tp.partition, exc)
+        left = producer.close()
+        if left:
+            log.warning("%d output records were not delivered at shutdown; their batches were not acknowledged "
+                        "and will be processed again", left)
         if learning["reader"] is not None:
             learning["reader"].close()
 

@@ -238,3 +238,56 @@ def decode_message(msg: Message, serde: Serde) -> DecodedMessage:
         msg.topic(), msg.partition(), msg.offset(),
         key.decode(errors="replace") if key is not None else None, value, raw,
     )
+
+
+class AsyncProducer:
+    """confluent-kafka's producer for an asyncio service: ``await send(...)`` queues a record
+    (librdkafka batches and sends it from its own thread) and returns a future that resolves when
+    the broker acknowledges it, or fails with the broker's error. A small thread serves the
+    delivery reports. The worker publishes its outputs this way: a record costs a few µs here,
+    against ~50 µs through Faust's Python producer."""
+
+    def __init__(self, settings: Settings, **librdkafka: Any) -> None:
+        import asyncio
+        import threading
+
+        self._asyncio = asyncio
+        self._producer = Producer({**settings.kafka_config(), "linger.ms": 1, "enable.idempotence": True,
+                                   "queue.buffering.max.messages": 500_000, **librdkafka})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="encore-producer", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        loop = self._asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def report(err: KafkaError | None, msg: Message) -> None:  # in the serving thread
+            loop.call_soon_threadsafe(_settle, fut, err)
+
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=report)
+                return fut
+            except BufferError:  # librdkafka's queue is full: let it drain
+                await self._asyncio.sleep(0.01)
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what is queued (up to ``timeout``), stop; returns records left undelivered."""
+        left = self._producer.flush(timeout)
+        self._stop.set()
+        self._thread.join(2)
+        return int(left)
+
+
+def _settle(fut: Any, err: KafkaError | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(RuntimeError(f"broker refused the record: {err}"))

@@ -58,6 +58,9 @@ def test_writes_need_an_api_key_and_bad_input_gets_a_precise_answer(worker) -> N
     assert status == 400 and "JSON" in body["error"]
     status, body = call(url + "/v1/events", "POST", b"[" + b" " * 70_000 + b"]", API_KEY)
     assert status == 413 and "limit" in body["error"]
+    for poison in (b"[" * 30_000 + b"]" * 30_000, b'{"n": ' + b"9" * 5000 + b"}"):  # json.loads raises beyond JSONDecodeError
+        status, body = call(url + "/v1/events", "POST", poison, API_KEY)
+        assert status == 400 and body["problems"][0]["reason"] == "bad_json", body
     mixed = json.dumps([request_event("api-a"), {"kind": "like"}]).encode()
     status, body = call(url + "/v1/events", "POST", mixed, API_KEY)
     assert status == 422 and [p["index"] for p in body["problems"]] == [1]  # nothing half-accepted
