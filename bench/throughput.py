@@ -300,7 +300,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for run in result.get("open_loop", []):
         lat = np.sort(np.array(run["latencies_ms"]))
         if len(lat):
-            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{run['rate']:,.0f} events/s offered")
+            label = f"{run['rate']:,.0f} events/s offered" if run["rate"] else "probes only (idle worker)"
+            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=label)
     ax.axvline(GOALS["p50_ms"], color="grey", ls=":", label="goal p50 15 ms")
     ax.axvline(GOALS["p99_ms"], color="grey", ls="--", label="goal p99 50 ms")
     ax.set_xscale("log")
@@ -343,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             if "open" not in skip:
                 if args.rates:
                     rates = [float(r) for r in args.rates.split(",")]
-                else:
-                    rates = [round(result["drain"]["events_per_s"] / 2, -2)]
+                else:  # probes alone (an idle worker), a light load, half the measured capacity
+                    rates = [0.0, 100.0, round(result["drain"]["events_per_s"] / 2, -2)]
                     if args.rate <= result["drain"]["events_per_s"] * 0.9:
                         rates.append(args.rate)
                 result["open_loop"] = []
