@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--bad-rate", type=float, default=0.005 if name == "demo" else 0.0,
                        help="share of requests followed by a malformed record (DLQ path)")
         p.add_argument("--seed", type=int, default=11)
-        p.add_argument("--rate", type=float, default=1000.0 if name == "demo" else 0.0,
+        p.add_argument("--rate", type=float, default=500.0 if name == "demo" else 0.0,
                        help="events/s the listeners send at most (0: as fast as slates come back)")
         p.add_argument("--saturate", action="store_true", help="no pace: as many listeners as --concurrency, "
                        "as fast as the worker answers (capacity, with the latency that costs)")
