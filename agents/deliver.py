@@ -247,6 +247,7 @@ class Delivery:
                 total.applied += got.applied
                 total.duplicates += got.duplicates
                 total.stale += got.stale
+                total.reemitted += got.reemitted
                 total.outputs.extend(got.outputs)
             return total
 

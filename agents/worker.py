@@ -261,6 +261,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         metrics.karma.labels("applied").inc(report.applied.applied)
         metrics.karma.labels("duplicate").inc(report.applied.duplicates)
         metrics.karma.labels("stale").inc(report.applied.stale)
+        metrics.karma.labels("reemitted").inc(report.applied.reemitted)
         metrics.gamification_out.inc(report.gamification_events)
         if report.rows:
             metrics.sink_seconds.observe(report.sink_seconds)

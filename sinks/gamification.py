@@ -12,6 +12,10 @@ board's two keys in one slot)::
     enc:{USER}:m:<day>    set    applied event ids (16 bytes) of events on that UTC day; expires
                                  `horizon` after the day ends
     enc:{USER}:days       zset   local days with a completed listen (streaks)
+    enc:{USER}:o          hash   the outbox: f:<seq> / r:<seq> -> what a listener batch was (its
+                                 effects) and did (APPLY's reply and time), <event id> -> <seq>;
+                                 written by APPLY itself, kept a day (OUTBOX_TTL_S). A redelivered
+                                 event id rebuilds from it the outputs it produced.
     enc:lb:{BOARD}        zset   leaderboard; BOARD = global | weekly:<n> | genre:<g> | cohort:<c>
                                  (weekly: Monday-based week number of the UTC time; genre: the
                                  base karma of events on that genre's tracks)
@@ -50,6 +54,7 @@ from agents.gamify import DAY_MS, Effect, Rules, week_of
 PREFIX = "enc"
 WEEKLY_TTL_S = 5 * 7 * 86_400
 SET_FIELDS = {"artists": "a:", "genres": "g:", "playlists": "p:"}  # a listener's sets: fields of the state hash
+OUTBOX_TTL_S = 86_400  # a redelivery comes within minutes of a crash or rebalance; a day bounds the memory
 CHUNK_EVENTS = 150  # events per APPLY call on one Redis: small enough to overlap encoding with Redis
 
 APPLY = r"""
@@ -74,7 +79,7 @@ local GLOBAL = LB .. '{global}'
 local WEEKLY, GENRE = LB .. '{weekly:', LB .. '{genre:'  -- board keys: prefix .. name .. '}'
 -- board writes are gathered per board and made once per call, after every listener (each
 -- listener appears once per call, so no two writes of one member meet)
-local zadd, zrem, moved = {}, {}, {}
+local zadd, zrem, moved, outbox = {}, {}, {}, {}
 local function board(key, score, user)
   -- a score of 0 is no entry: a board holds the same members whatever path led there
   local into, item = zadd, {N(score), user}
@@ -110,7 +115,7 @@ local function week(day) return math.floor((day - 1) / 7) end
 local function week_at(ms) return week(math.floor(ms / 86400000) + 719163) end
 
 local function apply_one(k, b)
-local S, M, D = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+local S, M, D, O = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
 
 -- event marks: one set per UTC day of the events' own time (M .. ':' .. day), expiring `horizon`
 -- after that day; b.mb: [day, count, time to live] per day, the ids in the blob in that order
@@ -275,15 +280,33 @@ else  -- boards in the same atomic step: always the listener's latest scores
   for w, _ in pairs(weeks) do local key = cat(cat(WEEKLY, w), '}'); board(key, get(cat('wk:', w)), b.user); expire[key] = true end
   for name, _ in pairs(genres) do board(cat(cat(GENRE, name), '}'), get(cat('gk:', name)), b.user) end
 end
+outbox[#outbox + 1] = {O, b, reply, days_ids}
 return {'ok', reply}
 end
 
 local out = {}
-for i, b in ipairs(cjson.decode(ARGV[2])) do out[i] = apply_one((i - 1) * 3, b) end
+for i, b in ipairs(cjson.decode(ARGV[2])) do out[i] = apply_one((i - 1) * 4, b) end
 for key, list in pairs(zadd) do chunks('ZADD', key, list) end
 for key, list in pairs(zrem) do chunks('ZREM', key, list) end
 for _, m in ipairs(moved) do m[1].new_rank = redis.call('ZREVRANK', GLOBAL, m[2]) or -1 end
 for key, _ in pairs(expire) do redis.call('EXPIRE', key, ARGV[4]) end
+-- the outbox, in the same atomic step: what each listener batch was (its effects, b.fx), what
+-- it did (the reply, ranks included) and when, under its seq; each event id points to it. A
+-- redelivered event id is refused above, and the client rebuilds from here the very outputs
+-- it produced the first time. Kept as long as the batch's longest-lived event mark.
+local keep = tonumber(ARGV[6])  -- the outbox's time to live (s), at most the marks'
+for _, e in ipairs(outbox) do
+  local O, b, reply, groups = e[1], e[2], e[3], e[4]
+  local bid, ttl = N(reply.seq), 0
+  reply.now = now
+  local fields = {'f:' .. bid, b.fx, 'r:' .. bid, cjson.encode(reply)}  -- b.fx: the client's JSON, kept as is
+  for _, g in ipairs(groups) do
+    for _, id in ipairs(g[2]) do fields[#fields + 1] = id; fields[#fields + 1] = bid end
+    if tonumber(g[3]) > ttl then ttl = tonumber(g[3]) end
+  end
+  chunks('HSET', O, fields)
+  redis.call('EXPIRE', O, math.min(ttl, keep))
+end
 return cjson.encode(out)
 """
 
@@ -391,13 +414,24 @@ class _Batch:
                 days.add(e.day)
         # (cjson reads an empty object as an empty array and the reverse: "_" keeps them objects)
         return {
-            "user": user, "cohort": self.cohort or "",
+            "user": user, "cohort": self.cohort or "", "fx": self.fx(),
             "n": len(self.effects), "mb": self.mark_days(now_ms),
             "karma": karma, "gain": gain, "weeks": {str(w): v for w, v in weeks.items()} or {"_": 0},
             "genres": genres or {"_": 0}, "incr": incr or {"_": 0}, "ch": ch or {"_": 0},
             "members": {n: list(m.values()) for n, m in members.items()} or {"_": []},
             "days": sorted(days),
         }
+
+    def fx(self) -> str:
+        """The effects as the outbox keeps them: what :meth:`outputs` reads, in event order."""
+        return json.dumps([[e.event_id, e.at_ms, e.day, e.karma, [list(x) for x in e.sets], e.listening_day]
+                           for e in self.effects], separators=(",", ":"))
+
+    @classmethod
+    def from_fx(cls, rules: Rules, user: str, fx: str) -> _Batch:
+        return cls(rules, [Effect(event_id=i, user_id=user, at_ms=at, day=day, karma=k, incr={},
+                                  sets=tuple(tuple(x) for x in sets), listening_day=ld)  # type: ignore[misc]
+                           for i, at, day, k, sets, ld in json.loads(fx)])
 
     def outputs(self, user: str, reply: dict[str, Any], floor: int, now: datetime,
                 into: list[dict[str, Any]]) -> None:
@@ -456,11 +490,23 @@ def lua_literal(value: Any) -> str:
     raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
+def _rank_output(user: str, batch: _Batch, reply: dict[str, Any], old: int, new: int, floor: int,
+                 now: datetime) -> dict[str, Any] | None:
+    """The GamificationEvent of a move on the global board (ranks 0-based, -1: absent), if any."""
+    old_rank = None if old < 0 else old + 1
+    if new < 0 or old_rank == new + 1:
+        return None
+    return {"event_id": batch.effects[-1].event_id, "user_id": user, "karma_delta": 0,
+            "karma_total": max(floor, reply["raw"]), "tier": None, "achievement_unlocked": None,
+            "avatar_unlocked": None, "board": "global", "old_rank": old_rank, "new_rank": new + 1,
+            "created_at": now}
+
+
 def user_keys(user: str, prefix: str = PREFIX) -> list[str]:
     """The listener's keys, in the order APPLY takes them: state hash, the prefix of the event
-    mark sets (``<prefix>:<day>``, one per day), listening days."""
+    mark sets (``<prefix>:<day>``, one per day), listening days, outbox."""
     tag = f"{prefix}:{{{user}}}"
-    return [f"{tag}:s", f"{tag}:m", f"{tag}:days"]
+    return [f"{tag}:s", f"{tag}:m", f"{tag}:days", f"{tag}:o"]
 
 
 def board_key(board: str, prefix: str = PREFIX) -> str:
@@ -472,6 +518,7 @@ class Applied:
     applied: int = 0
     duplicates: int = 0
     stale: int = 0
+    reemitted: int = 0  # outputs of redelivered events, rebuilt from the outbox
     outputs: list[dict[str, Any]] = field(default_factory=list)  # GamificationEvent fields
     rank_changes: dict[str, tuple[int | None, int]] = field(default_factory=dict)
 
@@ -556,7 +603,7 @@ class GamificationStore:
         """APPLY's ARGV: now, the listeners' batches (JSON), the boards' prefix ('' when the
         client writes them), the weekly boards' TTL, and every event id as 16 bytes."""
         body = json.dumps([pending[u].payload(u, now_ms) for u in users], separators=(",", ":"))
-        return [now_ms, body, boards, WEEKLY_TTL_S, b"".join(pending[u].blob() for u in users)]
+        return [now_ms, body, boards, WEEKLY_TTL_S, b"".join(pending[u].blob() for u in users), OUTBOX_TTL_S]
 
     def apply(self, effects: list[Effect], now: datetime | None = None) -> Applied:
         """Apply a batch: one pipeline of per-listener scripts, one of board updates. One
@@ -569,6 +616,7 @@ class GamificationStore:
         if not effects:
             return out
         now_ms = int(now.timestamp() * 1000)
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)  # the outbox keeps ms: outputs carry the same time
         oldest = now_ms - int(self.rules.horizon_days * DAY_MS)
         by_user: dict[str, list[Effect]] = {}
         seen: set[str] = set()
@@ -588,6 +636,7 @@ class GamificationStore:
                     mine.append(e)
         pending = {user: _Batch(self.rules, mine) for user, mine in by_user.items()}
         done: dict[str, tuple[_Batch, dict[str, Any]]] = {}
+        redelivered: dict[str, set[str]] = defaultdict(set)
         floor = self.rules.karma["floor"]
         for _ in range(5):  # one more round per redelivery found: already-applied ids are dropped
             users = [u for u, b in pending.items() if b.effects]
@@ -604,6 +653,7 @@ class GamificationStore:
                     else:
                         already = {batch.marked[i - 1].event_id for i in body}
                         out.duplicates += len(already)
+                        redelivered[user] |= already
                         retry[user] = batch.without(already)
             pending = retry
         else:
@@ -612,17 +662,40 @@ class GamificationStore:
         ranks = self._write_boards(done) if self.cluster else {
             user: (reply["old_rank"], reply["new_rank"]) for user, (_, reply) in done.items()}
         for user, (old, new) in ranks.items():
-            old_rank = None if old < 0 else old + 1
-            if new >= 0 and old_rank != new + 1:
-                batch, reply = done[user]
-                out.rank_changes[user] = (old_rank, new + 1)
-                out.outputs.append({
-                    "event_id": batch.effects[-1].event_id, "user_id": user, "karma_delta": 0,
-                    "karma_total": max(floor, reply["raw"]), "tier": None,
-                    "achievement_unlocked": None, "avatar_unlocked": None, "board": "global",
-                    "old_rank": old_rank, "new_rank": new + 1, "created_at": now,
-                })
+            batch, reply = done[user]
+            moved = _rank_output(user, batch, reply, old, new, floor, now)
+            if moved is not None:
+                out.rank_changes[user] = (moved["old_rank"], moved["new_rank"])
+                out.outputs.append(moved)
+        if redelivered:
+            again = self._from_outbox(redelivered)
+            out.reemitted += len(again)
+            out.outputs.extend(again)
         return out
+
+    def _from_outbox(self, redelivered: dict[str, set[str]]) -> list[dict[str, Any]]:
+        """The outputs the first apply of these (already applied) events produced, rebuilt from
+        the outbox APPLY kept with them: the same GamificationEvents, created_at included (a rank
+        change is in it on one Redis; on Redis Cluster boards are written after APPLY)."""
+        floor = self.rules.karma["floor"]
+        found: list[dict[str, Any]] = []
+        for user, ids in redelivered.items():
+            key = user_keys(user, self.prefix)[3]
+            bids = {b for b in self.redis.hmget(key, [uuid.UUID(i).bytes for i in sorted(ids)]) if b is not None}
+            for bid in sorted(bids):
+                fx, raw = self.redis.hmget(key, [b"f:" + bid, b"r:" + bid])
+                if fx is None or raw is None:
+                    continue
+                batch = _Batch.from_fx(self.rules, user, fx)
+                reply = json.loads(raw)
+                when = datetime.fromtimestamp(reply["now"] / 1000, UTC)
+                got: list[dict[str, Any]] = []
+                batch.outputs(user, reply, floor, when, got)
+                moved = _rank_output(user, batch, reply, reply["old_rank"], reply["new_rank"], floor, when)
+                if moved is not None:
+                    got.append(moved)
+                found.extend(g for g in got if g["event_id"] in ids)
+        return found
 
     def _write_boards(self, done: dict[str, tuple[_Batch, dict[str, Any]]]) -> dict[str, tuple[int, int]]:
         """Redis Cluster: boards live in other slots than the listeners, so they are written in
@@ -696,7 +769,7 @@ class GamificationStore:
         """Karma, tier, avatar items, streak, achievements and challenges with progress.
         ``today`` (a local day ordinal) decides whether the streak is still alive; default:
         the listener's last listening day."""
-        s, _, d = user_keys(user, self.prefix)
+        s, _, d, _ = user_keys(user, self.prefix)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(s)
         pipe.zrevrange(d, 0, 400)
