@@ -11,7 +11,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_SECONDS ?= 60
 DEMO_FLAGS ?=
 
-.PHONY: install system-deps up down status demo test test-unit test-integration test-e2e lint schemas clean bench \
+.PHONY: install system-deps up down status demo test test-unit test-integration test-e2e test-faults lint schemas \
+        clean bench \
         bench-karma bench-clickhouse bench-recommenders bench-bandits bench-ceiling bench-throughput
 
 install: $(STAMP) system-deps
@@ -47,7 +48,7 @@ demo: up
 
 test: install
 	$(PY) -m schemas.avro --check
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/faults
 
 # the tiers, each runnable alone: pure code (seconds), real services, real worker processes
 test-unit: install
@@ -57,7 +58,11 @@ test-integration: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "integration and not e2e"
 
 test-e2e: install
-	$(PY) -m pytest -q -p no:cacheprovider -m e2e
+	$(PY) -m pytest -q -p no:cacheprovider -m e2e --ignore=tests/faults
+
+# fault injection with real processes (kill -9 while events flow, ...): minutes, not in make test
+test-faults: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/faults
 
 # one worker's drain rate, a bare Faust agent on the same records, slate latency under open-loop
 # load, two workers, memory per listener: figures + plot in bench/out/throughput.*  (~10 min)
