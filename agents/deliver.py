@@ -97,7 +97,6 @@ class Delivery:
         self.on_stall = on_stall
         self.max_backoff_s = max_backoff_s
         self.stalled_since: float | None = None  # monotonic time the current stall began
-        self.on_slate_sent: Callable[[Any, asyncio.Future[Any]], None] | None = None
 
     # --- the failure policy -------------------------------------------------------------------
     async def until_done(self, step: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -154,14 +153,16 @@ class Delivery:
             pending = [(t, k, v, await self._send(t, k, v)) for t, k, v in failed]
 
     # --- delivery -----------------------------------------------------------------------------
-    async def publish(self, out: Outputs, topics: dict[str, str]) -> list[Pending]:
+    async def publish(self, out: Outputs, topics: dict[str, str],
+                      on_slate_sent: Callable[[Any, asyncio.Future[Any]], None] | None = None) -> list[Pending]:
         """Step 1, at once: slates, dead letters of decoding and closed decisions to the producer
-        (not yet confirmed), and the slate cache refreshed best effort."""
+        (not yet confirmed), and the slate cache refreshed best effort. ``on_slate_sent(slate,
+        future)`` sees each slate's delivery (the worker measures latency with it)."""
         pending: list[Pending] = []
         for slate in out.slates:  # slates first
             fut = await self._queue(pending, topics["recommendations"], slate.user_id.encode(), self.serde.encode(slate))
-            if self.on_slate_sent is not None:
-                self.on_slate_sent(slate, fut)
+            if on_slate_sent is not None:
+                on_slate_sent(slate, fut)
         for letter in out.dead:
             await self._queue(pending, topics["dlq"], letter.key, self.serde.encode(letter))
         for rec in out.rewards:
@@ -216,13 +217,6 @@ class Delivery:
                         report.dead.append(letter)
                         await self._queue(pending, topics["dlq"], letter.key, self.serde.encode(letter))
         await self._confirm(pending)
-
-    async def deliver(self, out: Outputs, topics: dict[str, str], now: datetime) -> Report:
-        """Everything for one batch, in order (publish, apply, checkpoint)."""
-        pending = await self.publish(out, topics)
-        report = await self.apply(out, pending, topics, now)
-        await self.checkpoint([(out, pending, report)], topics, now)
-        return report
 
     async def _queue(self, pending: list[Pending], topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
         fut = await self._send(topic, key, value)

@@ -29,6 +29,7 @@ import numpy as np
 import redis
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 
 from agents.batch import BatchState, Outputs, process_batch
 from agents.consume import durable_batches
@@ -190,8 +191,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 # before any await: a snapshot (taken by a timer) never splits the model from its offsets
                 for p, o in out.offsets().items():
                     learning["events_offsets"][p] = max(learning["events_offsets"].get(p, 0), o)
-                delivery.on_slate_sent = slate_latency(batch, out)
-                pending = await delivery.publish(out, topic_names)
+                pending = await delivery.publish(out, topic_names, slate_latency(batch, out))
                 await queue.put((batch, out, pending, now, started))  # waits while the writer is behind
         finally:
             writer.cancel()
@@ -224,17 +224,17 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 done, last = [], time.monotonic()
 
     async def retried(step: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        delay = 1.0
-        while True:
-            try:
+        """A failure that is not a store's (a bug): logged, counted, retried with the same backoff."""
+
+        def failed(state: RetryCallState) -> None:
+            metrics.step_failures.labels(step).inc()
+            log.error("%s failed unexpectedly (%s); retrying", step, state.outcome.exception() if state.outcome else "",
+                      extra={"step": step})
+
+        async for attempt in AsyncRetrying(wait=wait_exponential_jitter(initial=1, max=30), before_sleep=failed):
+            with attempt:
                 return await fn(*args)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                metrics.step_failures.labels(step).inc()
-                log.exception("%s failed unexpectedly; retrying it in %.0f s", step, delay, extra={"step": step})
-                await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
+        raise AssertionError("unreachable")
 
     def slate_latency(batch: list[Any], out: Outputs) -> Callable[[Any, asyncio.Future[Any]], None]:
         """Latency of a slate: from its request's record reaching the broker to the broker
