@@ -2,10 +2,13 @@
 
 Run: ``python -m agents.worker`` (settings from ENCORE_* environment variables).
 
-The agent is three lines of glue: take a batch of records (:func:`agents.consume.durable_batches`,
-sized by load), compute everything with :func:`agents.batch.process_batch`, write everything with
-:meth:`agents.deliver.Delivery.deliver` (slates first, offsets last). A batch is acknowledged
-only once every effect is durable (at-least-once; every effect is idempotent by identity).
+The agent is glue: take a batch of records (:func:`agents.consume.durable_batches`, sized by
+load), compute everything with :func:`agents.batch.process_batch`, publish its slates at once
+(:meth:`agents.deliver.Delivery.publish`), and hand it to a writer task that applies it
+(``Delivery.apply``: Redis) and, every ``commit_interval_s``, checkpoints what it applied
+(``Delivery.checkpoint``: ClickHouse, sends confirmed) before acknowledging those batches in
+order. A batch is acknowledged only once every effect is durable (at-least-once; every effect
+is idempotent by identity).
 Timers close reward windows, share model deltas, take snapshots and record leaderboards; each
 survives a dependency outage (it logs, counts ``encore_timer_failures_total`` and runs again).
 """
