@@ -16,15 +16,17 @@ the failure left it; a bug must not stop the stream).
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from agents.gamify import Effect, Rules, effect_for
-from agents.ingest import RawRecord, dead_letter, ingest
+from agents.ingest import Ingested, RawRecord, dead_letter, ingest
 from agents.recommend import Recommender
 from online_models.catalogue import Catalogue
-from schemas.events import DeadLetter, Interaction, Recommendation, RewardRecord
+from schemas.events import DeadLetter, Interaction, Kind, Recommendation, RewardRecord
 from schemas.wire import Serde
 from sinks.clickhouse import event_rows, slate_rows
 
@@ -92,10 +94,25 @@ def enrich(events: list[Interaction], catalogue: Catalogue) -> list[Enriched]:
     return out
 
 
-def process_batch(records: list[RawRecord], state: BatchState, now: datetime) -> Outputs:
-    """Decode, recommend, learn, and compute every effect of one batch. Never raises on input."""
-    decoded = ingest(records, state.serde, max_bytes=state.max_record_bytes, max_events=state.max_batch_events,
-                     now=now)
+def decode(records: list[RawRecord], state: BatchState, now: datetime) -> Ingested:
+    """Decode and validate a batch's records (bad ones become dead letters); never raises."""
+    return ingest(records, state.serde, max_bytes=state.max_record_bytes, max_events=state.max_batch_events, now=now)
+
+
+def requests(decoded: Ingested, state: BatchState) -> list[tuple[str, uuid.UUID]]:
+    """(listener, rec_id) of every rec_request decoded: the slates to look up before deciding
+    (a request answered before gets its published slate again)."""
+    rec_id = state.recommender.rec_id_of
+    return [(e.user_id, rec_id(e)) for e in decoded.events if e.kind == Kind.REC_REQUEST]
+
+
+def process_batch(records: list[RawRecord], state: BatchState, now: datetime, decoded: Ingested | None = None,
+                  known: Mapping[uuid.UUID, Recommendation] | None = None) -> Outputs:
+    """Decode, recommend, learn, and compute every effect of one batch. Never raises on input.
+    ``decoded`` is :func:`decode` of the records when the caller has it already; ``known``
+    holds the slates already published for some of its requests (rec_id -> slate)."""
+    if decoded is None:
+        decoded = decode(records, state, now)
     out = Outputs(records, decoded.events, decoded.origin, dead=decoded.dead)
     rec = state.recommender
     before = rec.duplicates
@@ -107,7 +124,7 @@ def process_batch(records: list[RawRecord], state: BatchState, now: datetime) ->
     else:
         events = out.events
     try:
-        out.slates = rec.process(events, now, partitions)
+        out.slates = rec.process(events, now, partitions, known)
         out.rewards = rec.close(now).records  # step reward-join: decisions whose window passed
     except Exception as exc:  # a bug must not stop the stream: park the batch, say why
         log.exception("recommend step failed; the batch's records go to the DLQ",

@@ -2,9 +2,11 @@
 
 Order (slates first: a slate depends on the model, not on karma or ClickHouse):
 
-1. :meth:`Delivery.publish`, as soon as the batch is computed: slates, dead letters of decoding
-   and closed decisions (``encore.rewards``) are handed to the producer; the slate cache (a read
-   model for ``GET /v1/recommendations``) is refreshed best effort;
+0. :meth:`Delivery.published`, before the batch is decided: the slates already published for
+   its requests (a redelivered request is answered with the same slate: first content wins);
+1. :meth:`Delivery.publish`, as soon as the batch is computed: each slate stored under its
+   rec_id (``sinks.slate_cache``), then slates, dead letters of decoding and closed decisions
+   (``encore.rewards``) handed to the producer;
 2. :meth:`Delivery.apply`, which the worker runs in a background writer while it computes the
    next batch: gamification effects to Redis (once per event id), their gamification events to
    the producer, the analytics rows (with the karma history) into the sink's buffer;
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,9 +47,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from agents.batch import Outputs
 from agents.gamify import Effect
 from agents.ingest import dead_letter
-from schemas.events import DeadLetter, GamificationEvent
+from schemas.events import DeadLetter, GamificationEvent, Recommendation
 from schemas.wire import Serde
-from sinks.clickhouse import AnalyticsSink, StoreUnavailable, is_transient
+from sinks.clickhouse import AnalyticsSink, StoreUnavailable, is_transient, slate_rows
 from sinks.gamification import Applied, GamificationStore
 from sinks.slate_cache import SlateCache
 
@@ -153,26 +156,41 @@ class Delivery:
             pending = [(t, k, v, await self._send(t, k, v)) for t, k, v in failed]
 
     # --- delivery -----------------------------------------------------------------------------
+    async def published(self, wanted: list[tuple[str, uuid.UUID]]) -> dict[uuid.UUID, Recommendation]:
+        """Before a batch is decided: the slates already published for its requests (rec_id ->
+        slate), so a redelivered request is answered with the same slate. Waits out a Redis outage."""
+        if self.slate_cache is None or not wanted:
+            return {}
+        raw = await self.until_done("slates", self.slate_cache.published, wanted)
+        return {rec_id: self.serde.decode(b, Recommendation) for rec_id, b in raw.items()}
+
     async def publish(self, out: Outputs, topics: dict[str, str],
                       on_slate_sent: Callable[[Any, asyncio.Future[Any]], None] | None = None) -> list[Pending]:
-        """Step 1, at once: slates, dead letters of decoding and closed decisions to the producer
-        (not yet confirmed), and the slate cache refreshed best effort. ``on_slate_sent(slate,
-        future)`` sees each slate's delivery (the worker measures latency with it)."""
+        """Step 1, at once: slates (each stored under its rec_id first: the first content
+        published wins), dead letters of decoding and closed decisions to the producer (not yet
+        confirmed). ``on_slate_sent(slate, future)`` sees each slate's delivery (the worker
+        measures latency with it)."""
         pending: list[Pending] = []
-        for slate in out.slates:  # slates first
-            fut = await self._queue(pending, topics["recommendations"], slate.user_id.encode(), self.serde.encode(slate))
+        encoded = [self.serde.encode(slate) for slate in out.slates]
+        if self.slate_cache is not None and out.slates:
+            first = await self.until_done("slates", self.slate_cache.claim, list(zip(out.slates, encoded, strict=True)))
+            raced = 0
+            for i, stored in enumerate(first):
+                if stored is not None and stored != encoded[i]:  # published before with other content
+                    out.slates[i], encoded[i] = self.serde.decode(stored, Recommendation), stored
+                    raced += 1
+            if raced:
+                self.metrics.slates_again.labels("raced").inc(raced)
+                if "recommendations" in out.rows:
+                    out.rows["recommendations"] = slate_rows(out.slates)
+        for slate, value in zip(out.slates, encoded, strict=True):  # slates first
+            fut = await self._queue(pending, topics["recommendations"], slate.user_id.encode(), value)
             if on_slate_sent is not None:
                 on_slate_sent(slate, fut)
         for letter in out.dead:
             await self._queue(pending, topics["dlq"], letter.key, self.serde.encode(letter))
         for rec in out.rewards:
             await self._queue(pending, topics["rewards"], rec.user_id.encode(), self.serde.encode(rec))
-        if self.slate_cache is not None and out.slates:
-            try:
-                await asyncio.to_thread(self.slate_cache.put_many, out.slates)
-            except Exception as exc:  # a read model: the slate is on its topic; say so and go on
-                self.metrics.step_failures.labels("slate-cache").inc()
-                log.warning("slate cache not refreshed (%s); GET /v1/recommendations serves older slates", exc)
         return pending
 
     async def apply(self, out: Outputs, pending: list[Pending], topics: dict[str, str], now: datetime) -> Report:

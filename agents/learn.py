@@ -26,6 +26,8 @@ import pickle
 import queue
 import threading
 import time
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +37,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from agents.ingest import RawRecord, ingest
 from agents.recommend import Recommender
+from schemas.events import Kind, Recommendation
 from schemas.wire import Serde
 from streams.settings import Settings
 
@@ -169,9 +172,12 @@ def committed_offsets(settings: Settings, topic: str, partitions: list[int]) -> 
 
 
 def replay(settings: Settings, topic: str, recommender: Recommender, serde: Serde,
-           start: dict[int, int], stop: dict[int, int], batch: int = 500) -> int:
+           start: dict[int, int], stop: dict[int, int],
+           published: Callable[[list[tuple[str, uuid.UUID]]], Mapping[uuid.UUID, Recommendation]] | None = None,
+           batch: int = 500) -> int:
     """Feed ``[start, stop)`` of each events partition through the recommend step, outputs
-    discarded; returns the number of records replayed."""
+    discarded; returns the number of records replayed. ``published`` looks up the slates
+    already published for the replayed requests, so their decisions hold the tracks listeners saw."""
     todo = {p: (start[p], stop[p]) for p in start if p in stop and stop[p] > start[p]}
     if not todo:
         return 0
@@ -186,8 +192,11 @@ def replay(settings: Settings, topic: str, recommender: Recommender, serde: Serd
     def flush() -> None:
         result = ingest(pending, serde, max_bytes=settings.max_record_bytes, max_events=settings.max_batch_events,
                         now=datetime.now(UTC))
-        recommender.process(result.events, datetime.now(UTC))
-        recommender.close(datetime.now(UTC))
+        wanted = [(e.user_id, recommender.rec_id_of(e)) for e in result.events if e.kind == Kind.REC_REQUEST]
+        known = published(wanted) if published is not None and wanted else None
+        # no close here: the replayed decisions close on the worker's timer, and their rewards
+        # are published then (again, identically, for the ones published before the restart)
+        recommender.process(result.events, datetime.now(UTC), known=known)
         pending.clear()
 
     try:

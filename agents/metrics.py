@@ -25,6 +25,10 @@ class Metrics:
                                       registry=registry)
         self.step_failures = Counter("encore_step_failures_total", "Side-effect attempts that failed and were "
                                      "retried (the batch waits)", ["step"], registry=registry)
+        self.slates_again = Counter("encore_slates_republished_total",
+                                    "Slates published again with their first content, by cause: a "
+                                    "redelivered request (replayed) or two deciders of one request (raced)",
+                                    ["cause"], registry=registry)
         self.sink_batch = Histogram("encore_sink_batch_rows", "Rows per ClickHouse flush (all tables)",
                                     registry=registry, buckets=(10, 100, 1000, 5000, 10000, 25000, 50000, 100000))
         self.sink_failures = Counter("encore_sink_failures_total", "ClickHouse flushes that failed", registry=registry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -93,28 +94,53 @@ class Recommender:
         self.seen = RecentIds(dedupe_window)
         self.recent: dict[str, deque[int]] = {}
         self.duplicates = 0
+        self.adopted = 0  # published slates re-served to a redelivered request
         self.unknown_tracks = 0
         self.decisions: OrderedDict[uuid.UUID, Recommendation] = OrderedDict()  # open ones, for RewardRecords
         self.partition_of: dict[str, int] = {}  # listener -> events partition (whose state moves with it)
 
     # --- the step --------------------------------------------------------------------------
-    def process(self, events: list[Interaction], now: datetime, partitions: list[int] | None = None
-                ) -> list[Recommendation]:
-        """Answer requests and learn from feedback, in order. Returns the new slates.
-        ``partitions`` (per event, its events partition) tells whose state moves where."""
+    def process(self, events: list[Interaction], now: datetime, partitions: list[int] | None = None,
+                known: Mapping[uuid.UUID, Recommendation] | None = None) -> list[Recommendation]:
+        """Answer requests and learn from feedback, in order. Returns the slates to publish.
+        ``partitions`` (per event, its events partition) tells whose state moves where.
+        ``known`` (rec_id -> slate) holds the slates already published for these requests: a
+        request gets its published slate again, never another draw (first content wins). Every
+        request gets a slate, a redelivered one included; feedback teaches the model once."""
         if partitions is not None:
             for event, p in zip(events, partitions, strict=True):
                 self.partition_of[event.user_id] = p
         slates = []
         for event in events:
-            if not self.seen.add(event.event_id):
+            new = self.seen.add(event.event_id)
+            if not new:
                 self.duplicates += 1
-                continue
             if event.kind == Kind.REC_REQUEST:
-                slates.append(self.answer(event, now))
-            else:
+                stored = known.get(self.rec_id_of(event)) if known else None
+                if stored is not None:
+                    self.adopt(stored, event, now)
+                    slates.append(stored)
+                else:  # not published yet (or forgotten): decide it; the join opens a rec_id once
+                    slates.append(self.answer(event, now))
+            elif new:
                 self.observe(event, now)
         return slates
+
+    def rec_id_of(self, request: Interaction) -> uuid.UUID:
+        """The rec_id of the slate that answers ``request``: one per (policy, request)."""
+        return uuid.uuid5(REC_NAMESPACE, f"{self.policy.policy_id}:{request.event_id}")
+
+    def adopt(self, slate: Recommendation, request: Interaction, now: datetime) -> None:
+        """Open the decision of a slate published earlier (by this worker before a crash, or by
+        the partition's previous owner), so its feedback joins the tracks the listener saw. The
+        model did not compute it, so it joins rewards but teaches nothing (no payload)."""
+        if slate.rec_id in self.decisions:
+            return
+        self.adopted += 1
+        self.join.decide(Decision(slate.rec_id, slate.user_id, request.occurred_at,
+                                  tuple(i.track_id for i in slate.items), slate.policy_id), now)
+        if slate.rec_id in self.join.open:
+            self.decisions[slate.rec_id] = slate
 
     def observe(self, event: Interaction, now: datetime) -> None:
         idx = self.catalogue.index.get(event.track_id or "")
@@ -146,7 +172,7 @@ class Recommender:
             for pos, p in enumerate(slate.picks)
         ]
         rec = Recommendation(
-            rec_id=uuid.uuid5(REC_NAMESPACE, f"{slate.policy_id}:{request.event_id}"),
+            rec_id=self.rec_id_of(request),
             request_id=request.event_id, user_id=request.user_id, session_id=request.session_id,
             items=items, slate_propensity=slate.slate_propensity, policy_id=slate.policy_id,
             policy_version=slate.policy_version, context=request.context, created_at=now,
@@ -154,7 +180,8 @@ class Recommender:
         # event time of the request: the join's windows run on event time, not on this clock
         self.join.decide(Decision(rec.rec_id, rec.user_id, request.occurred_at,
                                   tuple(i.track_id for i in items), rec.policy_id, decided.payload), now)
-        self.decisions[rec.rec_id] = rec
+        if rec.rec_id in self.join.open:
+            self.decisions.setdefault(rec.rec_id, rec)
         return rec
 
     # --- rewards ---------------------------------------------------------------------------
@@ -162,7 +189,8 @@ class Recommender:
         """Close the decisions whose window has passed, learn from their rewards."""
         out = Learned()
         for closed in self.join.close_due(now, all_open=all_open):
-            out.items += self.policy.learn(closed.decision.payload, closed.rewards)
+            if closed.decision.payload is not None:  # adopted decisions join rewards, teach nothing
+                out.items += self.policy.learn(closed.decision.payload, closed.rewards)
             rec = self.decisions.pop(closed.decision.rec_id, None)
             if rec is not None:
                 out.records.append(reward_record(rec, closed, now))

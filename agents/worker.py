@@ -34,7 +34,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 
-from agents.batch import BatchState, Outputs, process_batch
+from agents.batch import BatchState, Outputs, decode, process_batch, requests
 from agents.consume import durable_batches
 from agents.deliver import Delivery, Report
 from agents.gamify import Rules
@@ -58,7 +58,7 @@ from online_models.policy import HybridPolicy, make_policy
 from online_models.reward import RewardJoin, RewardMapping
 from online_models.rl import SessionDQN
 from online_models.slate import SlateRules
-from schemas.events import Kind
+from schemas.events import Kind, Recommendation
 from schemas.wire import SchemaCatalogue, Serde
 from sinks.clickhouse import AnalyticsSink, ClickHouseStore
 from sinks.gamification import GamificationStore
@@ -127,7 +127,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     merger = DeltaMerger(worker_id)
     learning: dict[str, Any] = {"events_offsets": {}, "seq": 0, "last_snapshot": time.monotonic(), "reader": None,
                                 "trained_at": 0}
-    metrics.replayed.inc(restore_and_replay(settings, recommender, serde, snapshots, merger, learning))
+    # a socket timeout: a Redis that stops answering is an outage (retried), never a hang
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    slate_cache = SlateCache(redis_client, prefix=settings.redis_prefix, ttl_s=settings.slate_ttl_s)
+    metrics.replayed.inc(restore_and_replay(settings, recommender, serde, snapshots, merger, learning, slate_cache))
 
     def model_rows() -> float:
         if isinstance(ranker, LinearBandit):
@@ -135,9 +138,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         return float(getattr(ranker, "n_updates", 0))
 
     metrics.model_rows.labels(policy.policy_id).set(model_rows())
-    # a socket timeout: a Redis that stops answering is an outage (retried), never a hang
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    slate_cache = SlateCache(redis_client, prefix=settings.redis_prefix)
     store = None
     game_rules = None
     if settings.gamification_enabled:
@@ -190,7 +190,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 now = datetime.now(UTC)
                 records = [RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                                      e.message.value) for e in batch]
-                out = process_batch(records, state, now)
+                decoded = decode(records, state, now)
+                known = await delivery.published(requests(decoded, state))  # answered before: same slate
+                out = process_batch(records, state, now, decoded, known)
+                if known:
+                    metrics.slates_again.labels("replayed").inc(len(known))
                 # before any await: a snapshot (taken by a timer) never splits the model from its offsets
                 for p, o in out.offsets().items():
                     learning["events_offsets"][p] = max(learning["events_offsets"].get(p, 0), o)
@@ -347,6 +351,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         learning["last_snapshot"] = time.monotonic()
         metrics.snapshot_seconds.observe(time.perf_counter() - started)
 
+    if learning["events_offsets"]:
+        # at start, with what the last snapshot and the replay rebuilt: a restart after a kill -9
+        # replays from here (open decisions and their feedback come back), never from nothing
+        take_snapshot()
+
     handoffs = HandoffStore(redis_client, settings.redis_prefix, settings.app_id)
 
     @app.on_partitions_revoked.connect
@@ -478,18 +487,32 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
 
 
 def restore_and_replay(settings: Settings, recommender: Recommender, serde: Serde, snapshots: SnapshotStore,
-                       merger: DeltaMerger, learning: dict[str, Any]) -> int:
-    """Restore the last snapshot, then replay the events it does not cover (see agents.learn).
-    Returns the number of records replayed."""
+                       merger: DeltaMerger, learning: dict[str, Any], slates: SlateCache) -> int:
+    """Restore the last snapshot, then replay the events it does not cover (see agents.learn);
+    replayed requests take the slates published for them. Returns the number of records replayed."""
     snap = snapshots.load()
-    if snap is None:
+    topic = settings.topic(EVENTS.name)
+    if snap is None:  # a first start: the state covers nothing before the committed offsets
+        try:
+            committed = committed_offsets(settings, topic, list(range(settings.partitions)))
+        except Exception as exc:  # the broker is away: no start snapshot; the timer takes one later
+            log.warning("committed offsets not read at start (%s); no start snapshot", exc)
+            return 0
+        learning["events_offsets"] = {p: committed.get(p, 0) for p in range(settings.partitions)}
         return 0
     recommender.restore(snap.recommender)
     merger.offsets, merger.last_seq = dict(snap.models_offsets), dict(snap.merger_seq)
     learning["seq"], learning["events_offsets"] = snap.publish_seq, dict(snap.events_offsets)
-    topic = settings.topic(EVENTS.name)
     stop = committed_offsets(settings, topic, sorted(snap.events_offsets))
-    n = replay(settings, topic, recommender, serde, snap.events_offsets, stop)
+
+    def published(wanted: list[tuple[str, Any]]) -> dict[Any, Any]:
+        try:
+            return {r: serde.decode(b, Recommendation) for r, b in slates.published(wanted).items()}
+        except redis.RedisError as exc:  # Redis away at start: the replayed decisions are drawn again
+            log.warning("published slates not read for the replay (%s); replayed requests are decided again", exc)
+            return {}
+
+    n = replay(settings, topic, recommender, serde, snap.events_offsets, stop, published)
     log.info("model snapshot restored (%s) and %d records replayed up to the committed offsets %s",
              snapshots.path, n, stop)
     return n

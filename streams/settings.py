@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     catalogue: str = Field("synthetic:7:2000", description="'synthetic:SEED:N' or a JSONL path")
     popularity_temperature: float = Field(1.0, gt=0)
     dedupe_window: int = Field(1_000_000, ge=1, description="event ids remembered per worker")
+    slate_ttl_s: float = Field(3600.0, gt=0, description="a published slate is kept this long under its rec_id, "
+                               "so a redelivered request gets it again (must outlast any redelivery)")
 
     # --- gamification ------------------------------------------------------------------
     gamification_enabled: bool = True

@@ -63,12 +63,35 @@ def test_a_redelivered_batch_gives_the_same_slate_and_no_second_learning() -> No
     s = state()
     batch = records(encode_batch([event(Kind.REC_REQUEST)], SERDE))
     first = process_batch(batch, s, NOW)
-    again = process_batch(batch, s, NOW)
-    assert len(first.slates) == 1 and again.slates == [] and again.duplicates == 1
+    again = process_batch(batch, s, NOW)  # no store at hand: decided again, the join opens it once
+    assert again.duplicates == 1 and again.slates[0].rec_id == first.slates[0].rec_id
+    assert list(s.recommender.join.open) == [first.slates[0].rec_id]
     # a fresh worker that meets the same request decides the same slate (same rec_id, same tracks)
     other = process_batch(batch, state(), NOW)
     assert other.slates[0].rec_id == first.slates[0].rec_id
     assert [i.track_id for i in other.slates[0].items] == [i.track_id for i in first.slates[0].items]
+
+
+def test_a_published_slate_is_served_again_and_its_feedback_joins_the_tracks_seen() -> None:
+    s = state()
+    req = event(Kind.REC_REQUEST)
+    first = process_batch(records(encode_batch([req], SERDE)), s, NOW).slates[0]
+    # a restarted worker whose model learned other things, told what was published, serves
+    # exactly that, and the listener's feedback joins the tracks they saw
+    fresh = state()
+    for k in range(30):
+        e = event(Kind.PLAY_END, user="u-1").model_copy(update={"track_id": CAT.track_ids[k]})
+        process_batch(records(encode_batch([e], SERDE)), fresh, NOW)
+    seen = first.items[2].track_id
+    play = event(Kind.PLAY_END, rec_id=first.rec_id, position=2).model_copy(update={"track_id": seen})
+    ranker = fresh.recommender.policy.ranker
+    rows_before = ranker.A_inv.copy()
+    out = process_batch(records(encode_batch([req, play], SERDE)), fresh, NOW, known={first.rec_id: first})
+    assert out.slates == [first] and fresh.recommender.adopted == 1
+    (reward,) = fresh.recommender.close(NOW + timedelta(hours=1), all_open=True).records
+    assert [i.track_id for i in reward.items] == [i.track_id for i in first.items]
+    assert reward.items[2].reward is not None and reward.items[2].reward > 0
+    assert (ranker.A_inv == rows_before).all()  # the model did not compute it: it teaches nothing
 
 
 def test_without_stores_there_are_no_effects_or_rows() -> None:

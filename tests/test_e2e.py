@@ -159,7 +159,7 @@ def test_malformed_records_between_good_ones(worker) -> None:  # type: ignore[no
     assert inner.reason == "missing_field" and json.loads(inner.raw) == {"kind": "rating"}
 
 
-def test_a_redelivered_request_gets_no_second_slate(worker) -> None:  # type: ignore[no-untyped-def]
+def test_a_redelivered_request_gets_the_same_slate_again(worker) -> None:  # type: ignore[no-untyped-def]
     settings, _ = worker
     request, marker = _request(f"u-dup-{uuid.uuid4().hex[:6]}"), _request("u-dup-marker")
     with EventProducer(settings, batch_events=1) as producer:
@@ -171,7 +171,8 @@ def test_a_redelivered_request_gets_no_second_slate(worker) -> None:  # type: ig
     recs = read_topic(settings, "encore.recommendations",
                       lambda r: any(SERDE.decode(m.value(), Recommendation).request_id == marker.event_id for m in r))
     answers = [m for m in recs if SERDE.decode(m.value(), Recommendation).request_id == request.event_id]
-    assert len(answers) == 1
+    # at-least-once: a redelivered request may be answered again, but only with the first slate
+    assert answers and len({m.value() for m in answers}) == 1
 
 
 def _readme_block(title: str) -> str:

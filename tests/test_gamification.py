@@ -439,3 +439,27 @@ def test_a_real_redis_cluster_gives_the_same_karma_boards_and_dedupe(client, red
     slots = {redis_cluster.keyslot(f"{spread.prefix}:{{{u}}}:s") for u in users}
     nodes = {redis_cluster.nodes_manager.get_node_from_slot(s).name for s in slots}
     assert len(nodes) > 1  # the listeners really are spread over the nodes
+
+
+def test_the_first_published_slate_of_a_rec_id_wins(client) -> None:  # type: ignore[no-untyped-def]
+    from schemas.events import Recommendation, SlateItem
+    from schemas.wire import Serde
+    from sinks.slate_cache import SlateCache
+
+    serde, store = Serde(), SlateCache(client, prefix=f"t{uuid.uuid4().hex[:6]}", ttl_s=60)
+    now = datetime.now(UTC)
+
+    def slate(rec_id: uuid.UUID, tracks: list[str]) -> Recommendation:
+        return Recommendation(rec_id=rec_id, request_id=uuid.uuid4(), user_id="u-slate", session_id="s", items=[
+            SlateItem(track_id=t, position=i, score=1.0, propensity=0.5, source="for-you", explanation="x")
+            for i, t in enumerate(tracks)], slate_propensity=0.1, policy_id="linucb", policy_version="1",
+            context=Interaction(event_id=uuid.uuid4(), user_id="u", session_id="s", kind=Kind.REC_REQUEST,
+                                occurred_at=now).context, created_at=now)
+
+    rec_id = uuid.uuid4()
+    first, second = slate(rec_id, ["a", "b"]), slate(rec_id, ["c", "d"])
+    assert store.published([("u-slate", rec_id)]) == {}
+    assert store.claim([(first, serde.encode(first))]) == [None]  # stored now
+    assert store.claim([(second, serde.encode(second))]) == [serde.encode(first)]  # the first stays
+    assert store.published([("u-slate", rec_id), ("u-slate", uuid.uuid4())]) == {rec_id: serde.encode(first)}
+    assert store.get("u-slate") is not None and 0 < client.ttl(store.rec_key("u-slate", rec_id)) <= 60

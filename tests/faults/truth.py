@@ -1,0 +1,157 @@
+"""What a run left in every store, and its comparison with a run without faults (the ground truth).
+
+Used by the fault tests: each drains the same workload once cleanly and once under its fault,
+then compares, store by store:
+
+- Redis: karma per listener and every leaderboard (member -> score);
+- ClickHouse: ``events`` (one row per event id), ``recommendations`` (per rec_id, its tracks),
+  ``karma_history`` (per listener, the sum of deltas; one row per (event, rule));
+- ``encore.recommendations``: every request answered; every rec_id published with one content;
+- ``encore.gamification``: per listener, the karma changes reported add up to their karma;
+  each event's change reported one way only; the unlocks;
+- ``encore.rewards``: one reward per rec_id answered, re-emissions identical, over the tracks
+  the listener was shown.
+
+Slates, and so rewards, depend on the model at the moment of the decision, which depends on
+batch boundaries: they are compared with the run's own published slates, not with the clean
+run's. Everything else must equal the clean run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from schemas.events import GamificationEvent, Recommendation, RewardRecord
+from schemas.wire import Serde
+from streams.settings import Settings
+from tests.test_e2e import read_topic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_CH_DUMP = """
+import json, sys
+from sinks.clickhouse import ClickHouseStore
+s = ClickHouseStore(sys.argv[1])
+q = s.query
+out = {
+  "events": q("SELECT count() AS n, uniqExact(event_id) AS ids FROM events FINAL")[0],
+  "event_ids": [str(r["event_id"]) for r in q("SELECT event_id FROM events FINAL")],
+  "recommendations": {str(r["rec_id"]): r["tracks"] for r in q(
+      "SELECT rec_id, arrayMap(x -> x.2, arraySort(groupArray((position, track_id)))) AS tracks "
+      "FROM recommendations FINAL GROUP BY rec_id")},
+  "karma_history": {r["user_id"]: int(r["k"]) for r in q(
+      "SELECT user_id, sum(karma_delta) AS k FROM karma_history FINAL GROUP BY user_id")},
+  "karma_rows": q("SELECT count() AS n, uniqExact(event_id, what) AS ids FROM karma_history FINAL")[0],
+}
+print(json.dumps(out, default=str))
+"""
+
+
+def clickhouse(dsn: str) -> dict[str, Any]:
+    """Read the tables in a child process (one process may open a chDB path at a time, and this
+    one may hold another)."""
+    done = subprocess.run([sys.executable, "-c", _CH_DUMP, dsn], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def collect(settings: Settings, tag: str, dsn: str | None) -> dict[str, Any]:
+    serde = Serde()
+    game = [serde.decode(m.value(), GamificationEvent)
+            for m in read_topic(settings, "encore.gamification", lambda ms: False, timeout=8)]
+    slates = [serde.decode(m.value(), Recommendation)
+              for m in read_topic(settings, "encore.recommendations", lambda ms: False, timeout=8)]
+    rewards = [serde.decode(m.value(), RewardRecord)
+               for m in read_topic(settings, "encore.rewards", lambda ms: False, timeout=8)]
+    r = redis.Redis.from_url(settings.redis_url)
+    karma = {}
+    for key in r.scan_iter(match=f"{tag}:{{*}}:s", count=1000):
+        user = key.decode().split("{", 1)[1].split("}", 1)[0]
+        karma[user] = int(r.hget(key, "karma") or 0)
+    boards = {key.decode(): {m.decode(): s for m, s in r.zrange(key, 0, -1, withscores=True)}
+              for key in r.scan_iter(match=f"{tag}:lb:*", count=1000)}
+    changes: dict[str, set[tuple[int, int]]] = {}
+    user_of: dict[str, str] = {}
+    for g in game:
+        if g.karma_delta and not g.board:
+            changes.setdefault(str(g.event_id), set()).add((g.karma_delta, g.karma_total))
+            user_of[str(g.event_id)] = g.user_id
+    reported: Counter[str] = Counter()
+    for event_id, seen in changes.items():
+        reported[user_of[event_id]] += next(iter(seen))[0]
+    contents: dict[str, set[tuple[str, ...]]] = {}
+    for s in slates:
+        contents.setdefault(str(s.rec_id), set()).add(tuple(i.track_id for i in s.items))
+    paid: dict[str, set[tuple[Any, ...]]] = {}
+    for rec in rewards:
+        paid.setdefault(str(rec.rec_id), set()).add(tuple((i.track_id, i.reward) for i in rec.items))
+    return {
+        "karma": karma,
+        "boards": boards,
+        "reported": {u: k for u, k in reported.items() if k},
+        "karma_events": changes,
+        # at-least-once on the topic: a re-emitted event may come twice; consumers keep one per identity
+        "unlocks": {(g.user_id, g.achievement_unlocked or g.avatar_unlocked) for g in game
+                    if g.achievement_unlocked or g.avatar_unlocked},
+        "answered": {str(s.request_id) for s in slates},
+        "slates": contents,
+        "rewards": paid,
+        "clickhouse": clickhouse(dsn) if dsn else None,
+    }
+
+
+def compare(clean: dict[str, Any], seen: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(case, ground truth, observed, equal) per store; the fault tests assert every row."""
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def row(case: str, truth: Any, got: Any, ok: bool | None = None) -> None:
+        rows.append((case, str(truth)[:60], str(got)[:60], truth == got if ok is None else ok))
+
+    row("karma per listener (Redis)", f"{len(clean['karma'])} listeners, {sum(clean['karma'].values())} karma",
+        f"{len(seen['karma'])} listeners, {sum(seen['karma'].values())} karma", clean["karma"] == seen["karma"])
+    row("every leaderboard (Redis)", f"{len(clean['boards'])} boards", f"{len(seen['boards'])} boards",
+        clean["boards"] == seen["boards"])
+    for result, name in ((clean, "clean"), (seen, "observed")):
+        ok = all(len(v) == 1 for v in result["karma_events"].values()) and result["reported"] == {
+            u: max(0, k) for u, k in result["karma"].items() if k > 0}  # karma is floored at 0
+        row(f"encore.gamification adds up to karma ({name})", "sums equal", "equal" if ok else "differ", ok)
+    row("unlocks on encore.gamification", len(clean["unlocks"]), len(seen["unlocks"]),
+        clean["unlocks"] == seen["unlocks"])
+    row("requests answered (encore.recommendations)", len(clean["answered"]), len(seen["answered"]),
+        clean["answered"] == seen["answered"])
+    for result, name in ((clean, "clean"), (seen, "observed")):
+        again = sum(len(v) > 1 for v in result["slates"].values())
+        row(f"rec_ids published with other content ({name})", 0, again)
+        ok = set(result["rewards"]) == set(result["slates"]) and all(
+            len(v) == 1 and tuple(t for t, _ in next(iter(v))) == next(iter(result["slates"][r]))
+            for r, v in result["rewards"].items())
+        row(f"encore.rewards: one per rec_id, over the tracks shown ({name})", len(result["slates"]),
+            len(result["rewards"]), ok)
+    if clean["clickhouse"] is not None:
+        a, b = clean["clickhouse"], seen["clickhouse"]
+        row("events rows (ClickHouse)", a["events"], b["events"],
+            a["events"] == b["events"] and sorted(a["event_ids"]) == sorted(b["event_ids"]))
+        row("karma_history per listener (ClickHouse)", sum(a["karma_history"].values()),
+            sum(b["karma_history"].values()), a["karma_history"] == b["karma_history"])
+        row("karma_history one row per (event, rule)", "n == ids", b["karma_rows"],
+            b["karma_rows"]["n"] == b["karma_rows"]["ids"] and a["karma_rows"] == b["karma_rows"])
+        for result, name, ch in ((clean, "clean", a), (seen, "observed", b)):
+            slates = {r: next(iter(v)) for r, v in result["slates"].items()}
+            ok = {r: tuple(t) for r, t in ch["recommendations"].items()} == slates
+            row(f"recommendations rows = slates published ({name})", len(slates), len(ch["recommendations"]), ok)
+    return rows
+
+
+def table(rows: list[tuple[str, str, str, bool]]) -> str:
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'case':<{width}}  {'ground truth':<30}  {'observed':<30}  ok"]
+    lines += [f"{c:<{width}}  {t:<30}  {o:<30}  {'yes' if ok else 'NO'}" for c, t, o, ok in rows]
+    return "\n".join(lines)
