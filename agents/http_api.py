@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from schemas.wire import Serde, decode_events
 from sinks.gamification import GamificationStore
 from sinks.slate_cache import SlateCache
 from streams.settings import Settings
+
+log = logging.getLogger("encore.api")
 
 
 class Problem(BaseModel):
@@ -293,3 +296,33 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
     @app.page("/openapi.json")
     async def openapi_doc(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         return web.bytes(spec, content_type="application/json")
+
+
+def register_drills(app: faust.App, settings: Settings, clickhouse: Any) -> None:
+    """Fault drills for game days and ``make test-faults``, only with ENCORE_DRILLS_ENABLED=true
+    and an API key: ``POST /drills/clickhouse?seconds=60`` makes the ClickHouse engine refuse
+    every insert for that long (the worker must stall, keep its memory bounded, and catch up)."""
+    keys = settings.api_key_set()
+
+    @app.page("/drills/clickhouse")
+    class ClickHouseDrill(faust.web.View):
+        async def post(self, request: faust.web.Request) -> faust.web.Response:
+            given = request.headers.get("X-API-Key", "")
+            if not keys or not any(hmac.compare_digest(given, k) for k in keys):
+                return _error(self, 401, "missing or wrong X-API-Key header")
+            try:
+                seconds = float(request.query.get("seconds", "60"))
+            except ValueError:
+                return _error(self, 400, "seconds must be a number")
+            if not 0 < seconds <= 3600:
+                return _error(self, 400, "seconds must be in (0, 3600]")
+            await asyncio.to_thread(clickhouse.refuse_inserts, True)
+            log.warning("drill: ClickHouse refuses inserts for %.0f s", seconds)
+
+            async def restore() -> None:
+                await asyncio.sleep(seconds)
+                await asyncio.to_thread(clickhouse.refuse_inserts, False)
+                log.warning("drill over: ClickHouse accepts inserts again")
+
+            app._drill = asyncio.ensure_future(restore())  # type: ignore[attr-defined]  # kept referenced
+            return self.json({"refusing_s": seconds}, status=202)

@@ -38,7 +38,7 @@ from agents.batch import BatchState, Outputs, decode, process_batch, requests
 from agents.consume import durable_batches
 from agents.deliver import Delivery, Report
 from agents.gamify import Rules
-from agents.http_api import register_api
+from agents.http_api import register_api, register_drills
 from agents.ingest import RawRecord
 from agents.learn import (
     DeltaMerger,
@@ -449,6 +449,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             elif not lost and redis_state["lost"] is not None:
                 log.info("the gamification state was rebuilt; Redis generation marker is back")
             redis_state["lost"] = lost
+
+    if analytics is not None and settings.drills_enabled:
+        register_drills(app, settings, analytics.store)
 
     if analytics is not None:
         from dashboard.web import register_dashboard

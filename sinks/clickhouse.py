@@ -147,6 +147,19 @@ class ClickHouseStore:
                                        f"(check the store at {self.dsn})") from exc
             raise RowsRefused(f"insert into {table} refused: {exc}") from exc
 
+    def refuse_inserts(self, refuse: bool) -> None:
+        """Fault drill: make the engine itself refuse every INSERT into Encore's tables
+        (``TOO_MANY_PARTS``, as a server under merge pressure does; writers wait and retry) or
+        accept them again. The setting is kept in the tables' metadata until reset."""
+        with self._lock:
+            for table in COLUMNS:
+                if refuse:
+                    self.client.command(f"ALTER TABLE {table} MODIFY SETTING parts_to_throw_insert = 1, "
+                                        "parts_to_delay_insert = 1, max_delay_to_insert = 0")
+                else:
+                    self.client.command(f"ALTER TABLE {table} RESET SETTING parts_to_throw_insert, "
+                                        "parts_to_delay_insert, max_delay_to_insert")
+
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._lock:
             result = self.client.query(sql, parameters=parameters or {})

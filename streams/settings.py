@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     # --- HTTP API (on the worker's web port) --------------------------------------------
     api_keys: SecretStr | None = Field(None, description="comma-separated keys for POST /v1/events")
     log_json: bool = Field(True, description="structured JSON logs from the worker")
+    drills_enabled: bool = Field(False, description="POST /drills/... fault drills (game days, make test-faults)")
 
     # --- recommender -------------------------------------------------------------------
     policy: Literal["random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn"] = Field(

@@ -38,32 +38,55 @@ ROOT = Path(__file__).resolve().parents[2]
 _CH_DUMP = """
 import json, sys
 from sinks.clickhouse import ClickHouseStore
-s = ClickHouseStore(sys.argv[1])
-q = s.query
+q = ClickHouseStore(sys.argv[1]).query
 out = {
   "events": q("SELECT count() AS n, uniqExact(event_id) AS ids FROM events FINAL")[0],
   "event_ids": [str(r["event_id"]) for r in q("SELECT event_id FROM events FINAL")],
   "recommendations": {str(r["rec_id"]): r["tracks"] for r in q(
       "SELECT rec_id, arrayMap(x -> x.2, arraySort(groupArray((position, track_id)))) AS tracks "
       "FROM recommendations FINAL GROUP BY rec_id")},
-  "karma_history": {r["user_id"]: int(r["k"]) for r in q(
-      "SELECT user_id, sum(karma_delta) AS k FROM karma_history FINAL GROUP BY user_id")},
-  "karma_rows": q("SELECT count() AS n, uniqExact(event_id, what) AS ids FROM karma_history FINAL")[0],
+  "karma_history": [[str(r["event_id"]), r["what"], r["user_id"], int(r["karma_delta"])]
+                    for r in q("SELECT event_id, what, user_id, karma_delta FROM karma_history FINAL")],
+  "karma_rows": q("SELECT count() AS n, uniqExact(event_id, what) AS ids FROM karma_history")[0],
 }
 print(json.dumps(out, default=str))
 """
 
 
-def clickhouse(dsn: str) -> dict[str, Any]:
-    """Read the tables in a child process (one process may open a chDB path at a time, and this
-    one may hold another)."""
-    done = subprocess.run([sys.executable, "-c", _CH_DUMP, dsn], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def clickhouse(dsns: list[str]) -> dict[str, Any]:
+    """Read the tables in child processes (one process may open a chDB path at a time, and this
+    one may hold another), merged by row identity as ReplacingMergeTree's FINAL does (a run
+    whose workers each own a store stands for workers writing to one server)."""
+    events: set[str] = set()
+    recs: dict[str, list[set[tuple[str, ...]]]] = {}
+    karma: dict[tuple[str, str], tuple[str, int]] = {}
+    unique = True
+    for dsn in dsns:
+        done = subprocess.run([sys.executable, "-c", _CH_DUMP, dsn], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+        unique &= got["events"]["n"] == got["events"]["ids"] and got["karma_rows"]["n"] == got["karma_rows"]["ids"]
+        events.update(got["event_ids"])
+        for rec_id, tracks in got["recommendations"].items():
+            recs.setdefault(rec_id, []).append(tuple(tracks))
+        for event_id, what, user, delta in got["karma_history"]:
+            karma[(event_id, what)] = (user, delta)
+    per_user: Counter[str] = Counter()
+    for (_, what), (user, delta) in karma.items():
+        if what == "karma":
+            per_user[user] += delta
+    return {
+        "event_ids": events,
+        "unique": unique,  # no identity twice in any store (before merges)
+        "recommendations": {r: set(v) for r, v in recs.items()},
+        "karma_history": {u: k for u, k in per_user.items() if k},
+        "unlock_rows": sorted((user, what) for (_, what), (user, _) in karma.items()
+                              if what.startswith(("achievement:", "avatar:"))),
+    }
 
 
-def collect(settings: Settings, tag: str, dsn: str | None) -> dict[str, Any]:
+def collect(settings: Settings, tag: str, dsns: list[str]) -> dict[str, Any]:
     serde = Serde()
     game = [serde.decode(m.value(), GamificationEvent)
             for m in read_topic(settings, "encore.gamification", lambda ms: False, timeout=8)]
@@ -76,7 +99,7 @@ def collect(settings: Settings, tag: str, dsn: str | None) -> dict[str, Any]:
     for key in r.scan_iter(match=f"{tag}:{{*}}:s", count=1000):
         user = key.decode().split("{", 1)[1].split("}", 1)[0]
         karma[user] = int(r.hget(key, "karma") or 0)
-    boards = {key.decode(): {m.decode(): s for m, s in r.zrange(key, 0, -1, withscores=True)}
+    boards = {key.decode().removeprefix(tag): {m.decode(): s for m, s in r.zrange(key, 0, -1, withscores=True)}
               for key in r.scan_iter(match=f"{tag}:lb:*", count=1000)}
     changes: dict[str, set[tuple[int, int]]] = {}
     user_of: dict[str, str] = {}
@@ -88,6 +111,7 @@ def collect(settings: Settings, tag: str, dsn: str | None) -> dict[str, Any]:
     for event_id, seen in changes.items():
         reported[user_of[event_id]] += next(iter(seen))[0]
     contents: dict[str, set[tuple[str, ...]]] = {}
+    published = Counter(str(s.rec_id) for s in slates)
     for s in slates:
         contents.setdefault(str(s.rec_id), set()).add(tuple(i.track_id for i in s.items))
     paid: dict[str, set[tuple[Any, ...]]] = {}
@@ -103,8 +127,9 @@ def collect(settings: Settings, tag: str, dsn: str | None) -> dict[str, Any]:
                     if g.achievement_unlocked or g.avatar_unlocked},
         "answered": {str(s.request_id) for s in slates},
         "slates": contents,
+        "republished": sum(n > 1 for n in published.values()),  # rec_ids sent more than once
         "rewards": paid,
-        "clickhouse": clickhouse(dsn) if dsn else None,
+        "clickhouse": clickhouse(dsns) if dsns else None,
     }
 
 
@@ -117,8 +142,14 @@ def compare(clean: dict[str, Any], seen: dict[str, Any]) -> list[tuple[str, str,
 
     row("karma per listener (Redis)", f"{len(clean['karma'])} listeners, {sum(clean['karma'].values())} karma",
         f"{len(seen['karma'])} listeners, {sum(seen['karma'].values())} karma", clean["karma"] == seen["karma"])
-    row("every leaderboard (Redis)", f"{len(clean['boards'])} boards", f"{len(seen['boards'])} boards",
-        clean["boards"] == seen["boards"])
+    differ = [(b, m, clean["boards"].get(b, {}).get(m), seen["boards"].get(b, {}).get(m))
+              for b in sorted(set(clean["boards"]) | set(seen["boards"]))
+              for m in sorted(set(clean["boards"].get(b, {})) | set(seen["boards"].get(b, {})))
+              if clean["boards"].get(b, {}).get(m) != seen["boards"].get(b, {}).get(m)]
+    if differ:
+        print(f"leaderboard entries that differ: {len(differ)}, e.g. (board, listener, clean, observed) {differ[:5]}")
+    row("every leaderboard (Redis)", f"{len(clean['boards'])} boards", f"{len(seen['boards'])} boards, "
+        f"{len(differ)} entries differ", not differ)
     for result, name in ((clean, "clean"), (seen, "observed")):
         ok = all(len(v) == 1 for v in result["karma_events"].values()) and result["reported"] == {
             u: max(0, k) for u, k in result["karma"].items() if k > 0}  # karma is floored at 0
@@ -127,6 +158,8 @@ def compare(clean: dict[str, Any], seen: dict[str, Any]) -> list[tuple[str, str,
         clean["unlocks"] == seen["unlocks"])
     row("requests answered (encore.recommendations)", len(clean["answered"]), len(seen["answered"]),
         clean["answered"] == seen["answered"])
+    rows.append(("rec_ids published more than once, same content (informative)", str(clean["republished"]),
+                 str(seen["republished"]), True))
     for result, name in ((clean, "clean"), (seen, "observed")):
         again = sum(len(v) > 1 for v in result["slates"].values())
         row(f"rec_ids published with other content ({name})", 0, again)
@@ -137,16 +170,16 @@ def compare(clean: dict[str, Any], seen: dict[str, Any]) -> list[tuple[str, str,
             len(result["rewards"]), ok)
     if clean["clickhouse"] is not None:
         a, b = clean["clickhouse"], seen["clickhouse"]
-        row("events rows (ClickHouse)", a["events"], b["events"],
-            a["events"] == b["events"] and sorted(a["event_ids"]) == sorted(b["event_ids"]))
+        row("events rows, one per event id (ClickHouse)", len(a["event_ids"]), len(b["event_ids"]),
+            a["event_ids"] == b["event_ids"] and a["unique"] and b["unique"])
         row("karma_history per listener (ClickHouse)", sum(a["karma_history"].values()),
             sum(b["karma_history"].values()), a["karma_history"] == b["karma_history"])
-        row("karma_history one row per (event, rule)", "n == ids", b["karma_rows"],
-            b["karma_rows"]["n"] == b["karma_rows"]["ids"] and a["karma_rows"] == b["karma_rows"])
+        row("karma_history unlock rows (ClickHouse)", len(a["unlock_rows"]), len(b["unlock_rows"]),
+            a["unlock_rows"] == b["unlock_rows"])
         for result, name, ch in ((clean, "clean", a), (seen, "observed", b)):
-            slates = {r: next(iter(v)) for r, v in result["slates"].items()}
-            ok = {r: tuple(t) for r, t in ch["recommendations"].items()} == slates
-            row(f"recommendations rows = slates published ({name})", len(slates), len(ch["recommendations"]), ok)
+            slates = {r: v for r, v in result["slates"].items()}
+            row(f"recommendations rows = slates published ({name})", len(slates), len(ch["recommendations"]),
+                ch["recommendations"] == slates)
     return rows
 
 

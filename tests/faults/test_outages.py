@@ -1,0 +1,132 @@
+"""Dependencies away under load, and partitions on the move: the worker stays up with bounded
+memory, says it is stalled, stops within seconds when asked, and once the service is back every
+store equals a run without the fault (``tests/faults/truth.py``). (`make test-faults`.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import urllib.request
+
+import pytest
+
+from bench.workload import generate
+from deploy.local.stack import free_port
+from tests.faults.harness import Run
+from tests.faults.truth import compare, table
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
+REDIS_DOWN_S = float(os.environ.get("ENCORE_FAULT_REDIS_DOWN_S", "30"))
+CLICKHOUSE_DOWN_S = float(os.environ.get("ENCORE_FAULT_CLICKHOUSE_DOWN_S", "60"))
+MOVES = int(os.environ.get("ENCORE_FAULT_MOVES", "5"))
+KEY = "drill-key"
+
+
+def records(seed: int) -> list[tuple[bytes, bytes]]:
+    return generate(12_000, seed=seed, n_listeners=400)
+
+
+def clean_run(stack, tmp, recs):  # type: ignore[no-untyped-def]
+    run = Run(stack, tmp)
+    run.produce(recs)
+    run.start("clean")
+    return run.finish()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def sample_while(run: Run, name: str, seconds: float) -> list[float]:
+    """RSS of the worker once a second; it must stay alive throughout."""
+    rss = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert run.alive(name), f"{name} exited during the outage"
+        rss.append(run.rss_mb(name))
+        time.sleep(1)
+    return rss
+
+
+def assert_bounded(rss: list[float], what: str) -> None:
+    grew = max(rss) - rss[0]
+    tail = rss[len(rss) // 2:]
+    print(f"{what}: RSS {rss[0]:.0f} -> max {max(rss):.0f} MB (grew {grew:.0f} MB; second half "
+          f"{min(tail):.0f}..{max(tail):.0f} MB)")
+    assert grew < 250, f"memory grew {grew:.0f} MB during {what}"
+    assert max(tail) - min(tail) < 100, f"memory still growing in the second half of {what}"
+
+
+@pytest.mark.timeout(1200)
+def test_redis_down_under_load_then_everything_equals_the_clean_run(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    recs = records(21)
+    clean = clean_run(stack, tmp_path / "clean", recs)
+    run = Run(stack, tmp_path / "redis", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    run.stack.ensure_redis()  # its own, persistent (append-only file), so it can be killed
+    run.start("w1")
+    run.produce(recs, rate=len(recs) / 60)  # a minute of load
+    time.sleep(8)
+    redis_pid = run.stack.pid_of("redis")
+    os.kill(redis_pid, 9)
+    rss = sample_while(run, "w1", REDIS_DOWN_S * 2 / 3)
+    text = run.get("w1", "/metrics")
+    assert metric(text, "encore_stalled") == 1 and not run.get("w1", "/readyz")["ready"]
+    assert_bounded(rss, f"a Redis outage ({len(rss)} s sampled)")
+    took = run.stop("w1")  # asked to stop mid-retry
+    print(f"SIGTERM while retrying: exited in {took:.1f} s")
+    assert took < 10, f"the worker took {took:.1f} s to stop while retrying"
+    time.sleep(max(0.0, REDIS_DOWN_S - len(rss) - took))
+    run.stack.ensure_redis()  # back, with what its append-only file kept
+    run.start("w2")
+    seen = run.finish()
+    rows = compare(clean, seen)
+    print(f"\nRedis killed for {REDIS_DOWN_S:.0f} s under load, the worker stopped mid-retry\n" + table(rows))
+    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
+
+
+@pytest.mark.timeout(1200)
+def test_clickhouse_refusing_under_load_then_everything_equals_the_clean_run(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    recs = records(22)
+    clean = clean_run(stack, tmp_path / "clean", recs)
+    run = Run(stack, tmp_path / "ch", drills_enabled=True, api_keys=KEY)
+    url = run.start("w1")
+    run.produce(recs, rate=len(recs) / (CLICKHOUSE_DOWN_S + 20))
+    time.sleep(5)
+    request = urllib.request.Request(f"{url}/drills/clickhouse?seconds={CLICKHOUSE_DOWN_S:.0f}", method="POST",
+                                     headers={"X-API-Key": KEY})
+    assert urllib.request.urlopen(request, timeout=30).status == 202
+    rss = sample_while(run, "w1", CLICKHOUSE_DOWN_S - 5)
+    text = run.get("w1", "/metrics")
+    assert metric(text, "encore_stalled") == 1 and metric(text, "encore_sink_failures_total") > 0
+    assert not run.get("w1", "/readyz")["ready"]
+    assert_bounded(rss, f"ClickHouse refusing inserts ({len(rss)} s sampled)")
+    seen = run.finish()
+    rows = compare(clean, seen)
+    print(f"\nClickHouse refusing inserts for {CLICKHOUSE_DOWN_S:.0f} s under load\n" + table(rows))
+    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
+
+
+@pytest.mark.timeout(1500)
+def test_partitions_moving_under_load_then_everything_equals_the_clean_run(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    recs = records(23)
+    clean = clean_run(stack, tmp_path / "clean", recs)
+    # one chDB store per process: b writes its rows to a store of its own, and the two are read
+    # as one (merged by row identity, as one ClickHouse server would keep them)
+    run = Run(stack, tmp_path / "move")
+    b_store = f"chdb://{tmp_path / 'move' / 'chdb-b'}"
+    run.start("a")
+    run.produce(recs, rate=len(recs) / (MOVES * 12 + 10))
+    for move in range(MOVES):
+        time.sleep(6)
+        if move % 2 == 0:
+            run.start("b", clickhouse_dsn=b_store)  # the group splits the partitions
+        else:
+            run.stop("b")  # b's partitions (and their listeners' state) move back to a
+    if "b" in run.workers:
+        time.sleep(6)
+        run.stop("b")
+    seen = run.finish()
+    rows = [r for r in compare(clean, seen)]
+    print(f"\npartitions moved {MOVES} times under load\n" + table(rows))
+    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])

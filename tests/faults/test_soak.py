@@ -1,0 +1,52 @@
+"""Soak: ten minutes of open-loop load at about half of one worker's measured drain rate, memory
+and lag sampled every few seconds: memory flat, lag not growing, every store equal to a clean run
+of the same records. (`make test-faults`; ENCORE_SOAK_S and ENCORE_SOAK_RATE (events/s) scale it.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+
+from bench.workload import generate
+from tests.faults.harness import Run
+from tests.faults.test_outages import clean_run
+from tests.faults.truth import compare, table
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
+SOAK_S = float(os.environ.get("ENCORE_SOAK_S", "600"))
+RATE = float(os.environ.get("ENCORE_SOAK_RATE", "1200"))  # events/s: ~half of bench-throughput's drain
+
+
+def lag(text: str) -> float:
+    return sum(float(v) for v in re.findall(r"^encore_consumer_lag_messages(?:{[^}]*})? (\S+)$", text, re.M))
+
+
+@pytest.mark.timeout(int(SOAK_S * 3 + 900))
+def test_soak_memory_flat_and_lag_not_growing(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    records = generate(int(SOAK_S * RATE), seed=41, n_listeners=3000)
+    clean = clean_run(stack, tmp_path / "clean", records)
+    run = Run(stack, tmp_path / "soak")
+    run.start("w")
+    run.produce(records, rate=len(records) / SOAK_S)
+    started, samples = time.monotonic(), []
+    while run.producing is not None and run.producing.is_alive():
+        time.sleep(5)
+        assert run.alive("w"), "the worker exited during the soak"
+        samples.append((time.monotonic() - started, run.rss_mb("w"), lag(run.get("w", "/metrics"))))
+    t, rss, lags = (np.array(x) for x in zip(*samples, strict=True))
+    half = t >= t[-1] / 2  # after warm-up (catalogue, caches, listener state filling)
+    slope = np.polyfit(t[half] / 60, rss[half], 1)[0]  # MB per minute, second half
+    third = len(lags) // 3
+    print(f"\nsoak {SOAK_S:.0f} s at {RATE:.0f} events/s ({len(records)} records): RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB, "
+          f"second-half slope {slope:+.1f} MB/min; lag (records) first third mean {lags[:third].mean():.1f}, "
+          f"last third mean {lags[-third:].mean():.1f}, max {lags.max():.0f}")
+    assert slope < 5.0, f"memory grows {slope:.1f} MB/min in the second half"
+    assert lags[-third:].mean() <= max(2 * lags[:third].mean(), RATE / 10 * 2), "lag grows: the worker falls behind"
+    seen = run.finish()
+    rows = compare(clean, seen)
+    print(table(rows))
+    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
