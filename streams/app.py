@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import faust
 
 from streams.settings import Settings
@@ -36,7 +40,7 @@ def create_app(settings: Settings) -> faust.App:
     datadir = settings.state_dir / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)
     broker = f"kafka://{settings.kafka_bootstrap.replace(',', ';kafka://')}"
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=broker,
         broker_credentials=_credentials(settings),
@@ -57,6 +61,39 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=1,  # slates leave at once; a batch's sends are queued together anyway
         stream_buffer_maxsize=4096,
     )
+    _bounded_shutdown(app, settings.shutdown_grace_s)
+    return app
+
+
+def _bounded_shutdown(app: faust.App, grace_s: float) -> None:
+    """Faust waits, on a rebalance and on shutdown alike, until every record taken is
+    acknowledged. A batch waiting out an outage is never acknowledged, so SIGTERM would hang
+    until the store came back. On shutdown wait ``grace_s`` at most: what is not acknowledged
+    by then is simply delivered again to whoever reads the partition next (at-least-once; every
+    effect is idempotent). Rebalances still wait, so a partition's listeners move with what
+    their batches taught."""
+    wait_all = app._consumer_wait_empty
+
+    async def wait_empty(consumer: Any, logger: Any) -> None:
+        if not app.should_stop:
+            await wait_all(consumer, logger)
+            return
+        # (Faust's own wait swallows cancellation, so it cannot be bounded from outside)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            consumer._clean_unacked_messages()
+            if not consumer._unacked_messages:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            logger.warning("stopping with %d records not acknowledged after %.0f s (a store is away?); they "
+                           "are delivered again after the restart", len(consumer._unacked_messages), grace_s)
+        try:
+            await asyncio.wait_for(consumer.commit(), grace_s)  # what was acknowledged
+        except Exception as exc:  # the broker is away: the group resumes from the last commit
+            logger.warning("last commit at shutdown failed: %r", exc)
+
+    app._consumer_wait_empty = wait_empty  # type: ignore[method-assign]
 
 
 def _credentials(settings: Settings) -> object | None:

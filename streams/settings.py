@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # --- HTTP API (on the worker's web port) --------------------------------------------
     api_keys: SecretStr | None = Field(None, description="comma-separated keys for POST /v1/events")
     log_json: bool = Field(True, description="structured JSON logs from the worker")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="on SIGTERM, wait this long at most for batches in "
+                                    "flight (the rest is delivered again after the restart)")
     drills_enabled: bool = Field(False, description="POST /drills/... fault drills (game days, make test-faults)")
 
     # --- recommender -------------------------------------------------------------------

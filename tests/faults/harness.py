@@ -27,6 +27,13 @@ from tests.conftest import start_worker
 from tests.faults.truth import collect
 
 WINDOW_S = 3.0  # reward windows: short, so every decision closes before a run ends
+#: `make test` runs every fault case small (ENCORE_FAULT_QUICK=1); `make test-faults` runs them full
+QUICK = os.environ.get("ENCORE_FAULT_QUICK", "") == "1"
+
+
+def knob(name: str, full: float, quick: float) -> float:
+    """A fault test's size: ENCORE_<name> if set, else the full or the quick default."""
+    return float(os.environ.get(f"ENCORE_{name}", quick if QUICK else full))
 
 
 class Run:

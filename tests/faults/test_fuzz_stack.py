@@ -11,7 +11,6 @@ that verdict exactly (a mutation that still decodes is a good record).
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import subprocess
@@ -29,13 +28,13 @@ from agents.ingest import RawRecord, ingest
 from bench.workload import generate
 from schemas.events import DeadLetter
 from schemas.wire import Serde
-from tests.faults.harness import Run
+from tests.faults.harness import Run, knob
 from tests.test_e2e import read_topic
 from tests.test_fuzz import NASTY, mutate
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-RECORDS = int(os.environ.get("ENCORE_FAULT_FUZZ_RECORDS", "100000"))
-HTTP_CASES = int(os.environ.get("ENCORE_FAULT_HTTP_CASES", "10000"))
+RECORDS = int(knob("FAULT_FUZZ_RECORDS", 100_000, 4_000))
+HTTP_CASES = int(knob("FAULT_HTTP_CASES", 10_000, 600))
 KEY = "fuzz-key"
 
 
@@ -122,7 +121,7 @@ def test_hostile_requests_on_the_api_get_no_5xx(stack, tmp_path) -> None:  # typ
     assert cases and cases.group(1) == cases.group(2), out.stdout[-2000:]
     statuses: list[int] = []
 
-    @settings(max_examples=HTTP_CASES - int(cases.group(1)), deadline=None, suppress_health_check=list(HealthCheck),
+    @settings(max_examples=max(100, HTTP_CASES - int(cases.group(1))), deadline=None, suppress_health_check=list(HealthCheck),
               database=None)
     @given(st.one_of(
         st.binary(max_size=500),

@@ -6,7 +6,6 @@ recommendations and rewards topics). (`make test-faults`; ENCORE_FAULT_KILLS cha
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -16,11 +15,12 @@ import pytest
 
 from bench.workload import generate
 from deploy.local.stack import Stack
-from tests.faults.harness import Run, kill9
+from tests.faults.harness import Run, kill9, knob
 from tests.faults.truth import compare, table
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-KILLS = int(os.environ.get("ENCORE_FAULT_KILLS", "10"))
+KILLS = int(knob("FAULT_KILLS", 10, 2))
+EVENTS = int(knob("FAULT_EVENTS", 20_000, 4_000))
 
 
 def run(stack: Stack, tmp: Path, records: list[tuple[bytes, bytes]], kills: int) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def run(stack: Stack, tmp: Path, records: list[tuple[bytes, bytes]], kills: int)
 
 @pytest.mark.timeout(2400)
 def test_kill_9_loses_nothing_and_counts_nothing_twice(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    records = generate(20_000, seed=11, n_listeners=500)
+    records = generate(EVENTS, seed=11, n_listeners=500)
     clean = run(stack, tmp_path / "clean", records, kills=0)
     killed = run(stack, tmp_path / "killed", records, kills=KILLS)
     assert killed["mid_stream_kills"] >= KILLS - 1, "the kills did not land while events flowed"

@@ -13,18 +13,20 @@ import pytest
 
 from bench.workload import generate
 from deploy.local.stack import free_port
-from tests.faults.harness import Run
+from tests.faults.harness import QUICK, Run, knob
 from tests.faults.truth import compare, table
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-REDIS_DOWN_S = float(os.environ.get("ENCORE_FAULT_REDIS_DOWN_S", "30"))
-CLICKHOUSE_DOWN_S = float(os.environ.get("ENCORE_FAULT_CLICKHOUSE_DOWN_S", "60"))
-MOVES = int(os.environ.get("ENCORE_FAULT_MOVES", "5"))
+REDIS_DOWN_S = knob("FAULT_REDIS_DOWN_S", 30, 9)
+CLICKHOUSE_DOWN_S = knob("FAULT_CLICKHOUSE_DOWN_S", 60, 10)
+MOVES = int(knob("FAULT_MOVES", 5, 2))
+EVENTS = int(knob("FAULT_EVENTS", 12_000, 3_000))
+LOAD_S = knob("FAULT_LOAD_S", 60, 20)  # how long the load of the Redis case lasts
 KEY = "drill-key"
 
 
 def records(seed: int) -> list[tuple[bytes, bytes]]:
-    return generate(12_000, seed=seed, n_listeners=400)
+    return generate(EVENTS, seed=seed, n_listeners=400)
 
 
 def clean_run(stack, tmp, recs):  # type: ignore[no-untyped-def]
@@ -65,8 +67,8 @@ def test_redis_down_under_load_then_everything_equals_the_clean_run(stack, tmp_p
     run = Run(stack, tmp_path / "redis", redis_url=f"redis://127.0.0.1:{free_port()}/0")
     run.stack.ensure_redis()  # its own, persistent (append-only file), so it can be killed
     run.start("w1")
-    run.produce(recs, rate=len(recs) / 60)  # a minute of load
-    time.sleep(8)
+    run.produce(recs, rate=len(recs) / LOAD_S)
+    time.sleep(min(8, LOAD_S / 4))
     redis_pid = run.stack.pid_of("redis")
     os.kill(redis_pid, 9)
     rss = sample_while(run, "w1", REDIS_DOWN_S * 2 / 3)
@@ -92,11 +94,11 @@ def test_clickhouse_refusing_under_load_then_everything_equals_the_clean_run(sta
     run = Run(stack, tmp_path / "ch", drills_enabled=True, api_keys=KEY)
     url = run.start("w1")
     run.produce(recs, rate=len(recs) / (CLICKHOUSE_DOWN_S + 20))
-    time.sleep(5)
+    time.sleep(min(5, CLICKHOUSE_DOWN_S / 3))
     request = urllib.request.Request(f"{url}/drills/clickhouse?seconds={CLICKHOUSE_DOWN_S:.0f}", method="POST",
                                      headers={"X-API-Key": KEY})
     assert urllib.request.urlopen(request, timeout=30).status == 202
-    rss = sample_while(run, "w1", CLICKHOUSE_DOWN_S - 5)
+    rss = sample_while(run, "w1", CLICKHOUSE_DOWN_S * 0.8)
     text = run.get("w1", "/metrics")
     assert metric(text, "encore_stalled") == 1 and metric(text, "encore_sink_failures_total") > 0
     assert not run.get("w1", "/readyz")["ready"]
@@ -116,9 +118,9 @@ def test_partitions_moving_under_load_then_everything_equals_the_clean_run(stack
     run = Run(stack, tmp_path / "move")
     b_store = f"chdb://{tmp_path / 'move' / 'chdb-b'}"
     run.start("a")
-    run.produce(recs, rate=len(recs) / (MOVES * 12 + 10))
+    run.produce(recs, rate=len(recs) / (MOVES * (12 if not QUICK else 8) + 10))
     for move in range(MOVES):
-        time.sleep(6)
+        time.sleep(6 if not QUICK else 3)
         if move % 2 == 0:
             run.start("b", clickhouse_dsn=b_store)  # the group splits the partitions
         else:

@@ -4,7 +4,6 @@ of the same records. (`make test-faults`; ENCORE_SOAK_S and ENCORE_SOAK_RATE (ev
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -12,13 +11,13 @@ import numpy as np
 import pytest
 
 from bench.workload import generate
-from tests.faults.harness import Run
+from tests.faults.harness import Run, knob
 from tests.faults.test_outages import clean_run
 from tests.faults.truth import compare, table
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-SOAK_S = float(os.environ.get("ENCORE_SOAK_S", "600"))
-RATE = float(os.environ.get("ENCORE_SOAK_RATE", "1200"))  # events/s: ~half of bench-throughput's drain
+SOAK_S = knob("SOAK_S", 600, 40)
+RATE = knob("SOAK_RATE", 1200, 800)  # events/s: ~half of bench-throughput's drain
 
 
 def lag(text: str) -> float:
