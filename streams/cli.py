@@ -342,9 +342,10 @@ def cmd_rebuild_gamification(settings: Settings, args: argparse.Namespace) -> in
     store = GamificationStore(redis.Redis.from_url(settings.redis_url), Rules.from_toml(settings.gamification_rules),
                               prefix=settings.redis_prefix)
     with _progress() as bar:
-        task = bar.add_task("replaying events", total=None)
+        task = bar.add_task("replaying events", total=None, info="")
         counts = rebuild(clickhouse, store, load_catalogue(settings.catalogue),
-                         lambda done, total: bar.update(task, completed=done, total=total))
+                         lambda done, total: bar.update(task, completed=done, total=total,
+                                                        info=f"{done:,} / {total:,} events"))
     console.print(f"rebuilt: {counts['events']:,} events read, {counts['applied']:,} applied, "
                   f"{counts['skipped']:,} skipped, {counts['keys_removed']:,} old keys removed; "
                   "a fresh generation marker clears encore_redis_state_lost. Start the workers again.")

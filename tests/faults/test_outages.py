@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from bench.workload import generate
-from deploy.local.stack import free_port
+from deploy.local.stack import free_port, settings_env
 from tests.faults.harness import QUICK, Run, knob
 from tests.faults.truth import compare, table
 
@@ -131,4 +135,43 @@ def test_partitions_moving_under_load_then_everything_equals_the_clean_run(stack
     seen = run.finish()
     rows = [r for r in compare(clean, seen)]
     print(f"\npartitions moved {MOVES} times under load\n" + table(rows))
+    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
+
+
+@pytest.mark.timeout(1200)
+def test_redis_back_empty_is_noticed_and_rebuilt_from_clickhouse(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The README's repair, end to end: Redis comes back without its state; the worker says so
+    (metric, log); the operator stops it and runs `encore rebuild-gamification`; karma and every
+    board equal a run where nothing was lost."""
+    recs = records(24)
+    clean = clean_run(stack, tmp_path / "clean", recs)
+    run = Run(stack, tmp_path / "lost", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    run.stack.ensure_redis()
+    run.produce(recs)
+    run.start("w1")
+    run.wait_drained()
+    os.kill(run.stack.pid_of("redis"), 9)  # Redis loses everything: its append-only file too
+    time.sleep(0.5)
+    shutil.rmtree(run.settings.state_dir / "redis")
+    run.stack.ensure_redis()
+    deadline = time.monotonic() + 60
+    while metric(run.get("w1", "/metrics"), "encore_redis_state_lost") != 1:
+        assert time.monotonic() < deadline, "the worker did not notice that Redis lost its state"
+        time.sleep(1)
+    log = (run.stack.log_dir / "w1.log").read_text(errors="replace")
+    assert "rebuild-gamification" in log  # the log line says what to do
+    run.stop("w1")
+    env = {**os.environ, **settings_env(run.settings)}
+    done = subprocess.run([str(Path(sys.executable).parent / "encore"), "rebuild-gamification"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "rebuilt:" in done.stdout
+    run.start("w2")
+    deadline = time.monotonic() + 60
+    while metric(run.get("w2", "/metrics"), "encore_redis_state_lost") != 0:
+        assert time.monotonic() < deadline, "the alert did not clear after the rebuild"
+        time.sleep(1)
+    seen = run.finish()
+    rows = [r for r in compare(clean, seen) if "(Redis)" in r[0]]
+    print("\nRedis back empty, rebuilt from ClickHouse\n" + table(rows))
     assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
