@@ -331,7 +331,10 @@ def _json_items(data: bytes) -> tuple[list[Any], list[bytes | None]]:
         raise DecodeError("bad_json", "JSON nested too deeply to read; send flat event objects") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
         raise DecodeError("bad_json", f"value is neither Confluent Avro nor JSON: {str(exc)[:300]}") from None
-    if isinstance(doc, dict) and "events" in doc and "kind" not in doc:
+    if isinstance(doc, dict) and "events" in doc:
+        if "kind" in doc:  # ambiguous: an event would drop the batch silently, a batch the event
+            raise DecodeError("wrong_type", "an object is an event (with \"kind\") or a batch "
+                              "({\"events\": [...]}), not both; send them apart")
         doc = doc["events"]
     if isinstance(doc, dict):
         return [doc], [None]

@@ -153,6 +153,7 @@ def _reasons(value: bytes, max_bytes: int = 10_000) -> list[str]:
                      "occurred_at": "2026-01-01T00:00:00Z", "kind": "like"}).encode(), "invalid_value"),
         (b"42", "wrong_type"),
         (b"[]", "wrong_type"),
+        (json.dumps({"kind": "like", "events": []}).encode(), "wrong_type"),  # an event or a batch, not both
         (b"", "empty"),
         (b"\x00\x00", "bad_framing"),
         (b"\x00\x00\x00\x03\xe7garbage", "unknown_schema_id"),
