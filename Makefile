@@ -48,7 +48,7 @@ demo: up
 
 test: install
 	$(PY) -m schemas.avro --check
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/faults
+	ENCORE_FAULT_QUICK=1 $(PY) -m pytest -q -p no:cacheprovider
 
 # the tiers, each runnable alone: pure code (seconds), real services, real worker processes
 test-unit: install
@@ -60,9 +60,10 @@ test-integration: install
 test-e2e: install
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e --ignore=tests/faults
 
-# fault injection with real processes (kill -9 while events flow, ...): minutes, not in make test
+# fault injection with real processes, full size (kill -9 x10, Redis / ClickHouse outages, partitions
+# moving, 100k hostile records, a 10-minute soak): about an hour. `make test` runs each case small.
 test-faults: install
-	$(PY) -m pytest -q -p no:cacheprovider tests/faults
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/faults
 
 # one worker's drain rate, a bare Faust agent on the same records, slate latency under open-loop
 # load, two workers, memory per listener: figures + plot in bench/out/throughput.*  (~10 min)

@@ -298,6 +298,44 @@ def memory_per_listener(records: list[tuple[bytes, bytes]]) -> dict[str, float]:
             "snapshot_bytes_per_listener": len(blob) / max(listeners, 1)}
 
 
+def pure_step_floor(records: list[tuple[bytes, bytes]], events: int) -> dict[str, float]:
+    """(f) What the computation alone costs, in this process, with no broker, no store and no
+    Faust: decoding only, then the whole pure step (decode, recommend, learn, karma effects,
+    analytics rows) in batches of 500 records, as a draining worker takes them. The inverse is
+    the most any single-process worker could drain with every step on, if all I/O were free."""
+    from agents.batch import BatchState, decode, process_batch
+    from agents.gamify import Rules
+    from agents.ingest import RawRecord
+    from agents.recommend import Recommender
+    from agents.worker import load_catalogue
+    from online_models.policy import make_policy
+    from online_models.reward import RewardJoin, RewardMapping
+    from online_models.slate import SlateRules
+
+    s = Settings()
+    cat = load_catalogue(s.catalogue)
+    policy = make_policy(s.policy, cat, rules=SlateRules(s.artist_cap, s.discovery_share), n_candidates=s.n_candidates)
+    rec = Recommender(cat, policy, slate_size=s.slate_size, dedupe_window=s.dedupe_window,
+                      join=RewardJoin(RewardMapping.from_toml(s.rewards_file), window_s=s.reward_window_s))
+    state = BatchState(Serde(), cat, rec, Rules.from_toml(s.gamification_rules), True, s.max_record_bytes,
+                       s.max_batch_events)
+    raw = [RawRecord("encore.events", 0, i, k, v) for i, (k, v) in enumerate(records)]
+    batches = [raw[i:i + 500] for i in range(0, len(raw), 500)]
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for b in batches:
+        decode(b, state, now)
+    decode_s = time.perf_counter() - started
+    started = time.perf_counter()
+    slates = 0
+    for b in batches:
+        slates += len(process_batch(b, state, now).slates)
+    step_s = time.perf_counter() - started
+    return {"decode_us_per_event": decode_s / events * 1e6, "step_us_per_event": step_s / events * 1e6,
+            "step_events_per_s": events / step_s, "slates": slates,
+            "slates_per_event": slates / events, "rest_us_per_event": (step_s - decode_s) / events * 1e6}
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -326,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rate", type=float, default=10_000, help="open-loop rate to try if the drain allows it")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each open-loop run")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: drain,bare,open,two,memory")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: drain,bare,open,two,memory,floor")
     ap.add_argument("--rates", default="", help="open-loop rates (events/s, comma-separated) instead of half of (a) and --rate")
     ap.add_argument("--worker-tree", type=Path, default=ROOT,
                     help="run the worker of another checkout (e.g. a `git worktree` of an older commit) for a before / after")
@@ -376,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" not in skip:
         say("(e) recommender memory per listener")
         result["memory"] = memory_per_listener(records)
+    if "floor" not in skip:
+        say("(f) the pure step alone, in process (no I/O): the ceiling of one process")
+        result["floor"] = pure_step_floor(records, args.events)
     report(result)
     OUT.mkdir(exist_ok=True)
     (OUT / f"{args.out}.json").write_text(json.dumps(result, indent=1))
@@ -415,6 +456,14 @@ def report(r: dict[str, Any]) -> None:
             m["bytes_per_listener"] <= GOALS["bytes_per_listener"])
         row("    per open decision (reward window), bytes", m["bytes_per_open_decision"], "", None)
         row("    whole snapshot / listeners, bytes", m["snapshot_bytes_per_listener"], "", None)
+    if "floor" in r:
+        f = r["floor"]
+        row("(f) pure step alone (no I/O, no Faust), events/s", f["step_events_per_s"],
+            f">= {GOALS['drain_events_per_s']:,} to allow (a)", f["step_events_per_s"] >= GOALS["drain_events_per_s"])
+        row("    decoding alone, us/event", f["decode_us_per_event"], "", None)
+        row("    whole step, us/event", f["step_us_per_event"], "", None)
+        row("    the rest (recommend, learn, effects, rows), us/event", f["rest_us_per_event"],
+            f"({f['slates_per_event']:.2f} slates/event)", None)
     width = max(len(w) for w, *_ in rows)
     print()
     for what, value, goal, verdict in rows:

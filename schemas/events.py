@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictFloat,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -93,6 +94,18 @@ def _whole(value: Any) -> Any:
 
 #: an integer field that does not coerce strings or booleans
 WholeInt = Annotated[int, BeforeValidator(_whole)]
+
+
+def _whole_in(lo: int, hi: int) -> Any:
+    """A whole number in [lo, hi]; its JSON schema says so (a plain Field(ge=...) on a type with
+    a before-validator leaves pydantic writing 'ge' / 'le', which JSON Schema does not know)."""
+    return Annotated[int, BeforeValidator(_whole), Field(ge=lo, le=hi),
+                     WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi})]
+
+
+def _float_in(lo: float, hi: float) -> Any:
+    return Annotated[StrictFloat, Field(ge=lo, le=hi), WithJsonSchema({"type": "number", "minimum": lo, "maximum": hi})]
+
 #: what events may say about when they happened (downstream stores cover these years)
 EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
 
@@ -124,8 +137,8 @@ class Context(_Input):
 
     device: Device = Device.UNKNOWN
     activity: Activity = Activity.UNKNOWN
-    local_hour: WholeInt | None = Field(None, ge=0, le=23, description="listener's local hour")
-    weekday: WholeInt | None = Field(None, ge=0, le=6, description="0 = Monday, local")
+    local_hour: _whole_in(0, 23) | None = Field(None, description="listener's local hour")
+    weekday: _whole_in(0, 6) | None = Field(None, description="0 = Monday, local")
     timezone: str = Field("UTC", max_length=64, description="IANA zone of the listener")
     network: Network = Network.UNKNOWN
     country: str | None = Field(None, max_length=8)
@@ -163,12 +176,12 @@ class Interaction(_Input):
     track_id: str | None = Field(None, min_length=1, max_length=128)
     artist_id: str | None = Field(None, max_length=128)
     rec_id: UUID | None = Field(None, description="the slate this event answers")
-    position: WholeInt | None = Field(None, ge=0, le=1000, description="slot in that slate")
-    listened_ms: WholeInt | None = Field(None, ge=0, le=2**31 - 1)
-    track_duration_ms: WholeInt | None = Field(None, ge=0, le=2**31 - 1)
-    rating: StrictFloat | None = Field(None, ge=0, le=5)
+    position: _whole_in(0, 1000) | None = Field(None, description="slot in that slate")
+    listened_ms: _whole_in(0, 2**31 - 1) | None = None
+    track_duration_ms: _whole_in(0, 2**31 - 1) | None = None
+    rating: _float_in(0, 5) | None = None
     playlist_id: str | None = Field(None, max_length=128)
-    slate_size: WholeInt | None = Field(None, ge=1, le=100, description="rec_request only")
+    slate_size: _whole_in(1, 100) | None = Field(None, description="rec_request only")
     context: Context = Field(default_factory=Context)
 
     _valid_text = field_validator("user_id", "session_id", "track_id", "artist_id", "playlist_id")(_text)
