@@ -70,6 +70,8 @@ def transient(exc: BaseException) -> bool:
     return is_transient(exc)
 
 
+CONFIRM_STALL_S = 5.0  # waiting longer than this for the broker's acknowledgements is a stall
+
 #: send(topic, key, value) -> a future that resolves once the broker has the record
 Send = Callable[[str, bytes | None, bytes], Awaitable[asyncio.Future[Any]]]
 #: a record handed to the producer and the future of its delivery
@@ -143,9 +145,27 @@ class Delivery:
         raise AssertionError("unreachable")
 
     async def _confirm(self, pending: list[Pending]) -> None:
-        """Wait for every send; a send the broker failed is sent again (until it succeeds)."""
+        """Wait for every send; a send the broker failed is sent again (until it succeeds). A wait
+        over ``CONFIRM_STALL_S`` is a stall like any other: visible in the metric and readiness."""
         while pending:
-            results = await asyncio.gather(*(f for *_, f in pending), return_exceptions=True)
+            gathered = asyncio.gather(*(f for *_, f in pending), return_exceptions=True)
+            try:
+                results = await asyncio.wait_for(asyncio.shield(gathered), CONFIRM_STALL_S)
+            except TimeoutError:
+                waiting = sum(not f.done() for *_, f in pending)
+                log.warning("%d records not yet acknowledged by the broker after %.0f s; the batch waits",
+                            waiting, CONFIRM_STALL_S, extra={"step": "publish"})
+                self.metrics.step_failures.labels("publish").inc()
+                since = time.monotonic() - CONFIRM_STALL_S
+                self.stalled_since = self.stalled_since or since
+                self.metrics.stalled.set(1)
+                try:
+                    results = await gathered
+                finally:
+                    log.info("the broker acknowledged them after %.1f s", time.monotonic() - since,
+                             extra={"step": "publish"})
+                    self.stalled_since = None
+                    self.metrics.stalled.set(0)
             failed = [(t, k, v) for (t, k, v, _), r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
             if not failed:
                 return

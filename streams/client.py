@@ -252,8 +252,11 @@ class AsyncProducer:
         import threading
 
         self._asyncio = asyncio
+        # a record the broker has not acknowledged in 30 s fails (librdkafka's default is 5 min), and
+        # the delivery sends it again: a lost produce request costs seconds, not minutes
         self._producer = Producer({**settings.kafka_config(), "linger.ms": 1, "enable.idempotence": True,
-                                   "queue.buffering.max.messages": 500_000, **librdkafka})
+                                   "queue.buffering.max.messages": 500_000, "message.timeout.ms": 30_000,
+                                   **librdkafka})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="encore-producer", daemon=True)
         self._thread.start()

@@ -36,8 +36,12 @@ def knob(name: str, full: float, quick: float) -> float:
     return float(os.environ.get(f"ENCORE_{name}", quick if QUICK else full))
 
 
+RUNS: list[Run] = []  # closed after each test by tests/faults/conftest.py, whatever happened
+
+
 class Run:
     def __init__(self, stack: Stack, tmp: Path, **overrides: Any) -> None:
+        RUNS.append(self)
         self.tag = f"f{uuid.uuid4().hex[:5]}"
         self.tmp = tmp
         self.dsn = f"chdb://{tmp / 'chdb'}"
@@ -133,6 +137,12 @@ class Run:
         for name in list(self.workers):
             self.stop(name)
         return collect(self.settings, self.tag, self.dsns)
+
+
+    def close(self) -> None:
+        """Stop whatever this run started and left running: workers, its own Redis."""
+        self.stack.down()
+        self.workers.clear()
 
 
 def kill9(pid: int) -> None:

@@ -5,7 +5,10 @@ of the same records. (`make test-faults`; ENCORE_SOAK_S and ENCORE_SOAK_RATE (ev
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,11 +34,16 @@ def test_soak_memory_flat_and_lag_not_growing(stack, tmp_path) -> None:  # type:
     run = Run(stack, tmp_path / "soak")
     run.start("w")
     run.produce(records, rate=len(records) / SOAK_S)
-    started, samples = time.monotonic(), []
+    started, samples, dumped = time.monotonic(), [], False
     while run.producing is not None and run.producing.is_alive():
         time.sleep(5)
         assert run.alive("w"), "the worker exited during the soak"
         samples.append((time.monotonic() - started, run.rss_mb("w"), lag(run.get("w", "/metrics"))))
+        if samples[-1][2] > RATE * 5 and not dumped:  # 50 s behind: show where the worker waits
+            dumped = True
+            spy = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(run.pid("w"))],
+                                 capture_output=True, text=True, timeout=60)
+            print(f"\nlag {samples[-1][2]:.0f} records at {samples[-1][0]:.0f} s; the worker's threads:\n{spy.stdout}")
     t, rss, lags = (np.array(x) for x in zip(*samples, strict=True))
     half = t >= t[-1] / 2  # after warm-up (catalogue, caches, listener state filling)
     slope = np.polyfit(t[half] / 60, rss[half], 1)[0]  # MB per minute, second half
