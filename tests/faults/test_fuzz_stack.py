@@ -29,7 +29,7 @@ from bench.workload import generate
 from schemas.events import DeadLetter
 from schemas.wire import Serde
 from tests.faults.harness import Run, knob
-from tests.test_e2e import read_topic
+from tests.faults.truth import read_all
 from tests.test_fuzz import NASTY, mutate
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
@@ -67,11 +67,7 @@ def test_hostile_records_on_the_topic_cost_no_good_event(stack, tmp_path) -> Non
     run.wait_drained(timeout=1800)
     assert run.alive("w") and run.pid("w") == pid, "the worker exited"
     # the verdict of the same decoder, record by record, at the offsets the broker gave them
-    def complete(ms: list) -> bool:  # every offset read (a consumer may hand some records twice)
-        return len(ms) >= len(records) and len({(m.partition(), m.offset()) for m in ms}) >= len(records)
-
-    consumer_records = list({(m.partition(), m.offset()): m for m in read_topic(
-        run.settings, "encore.events", complete, timeout=180)}.values())
+    consumer_records = read_all(run.settings, "encore.events")
     assert len(consumer_records) == len(records)
     serde, now = Serde(), datetime.now(UTC)
     kept_from = now - timedelta(days=365) + timedelta(hours=1)
@@ -83,8 +79,7 @@ def test_hostile_records_on_the_topic_cost_no_good_event(stack, tmp_path) -> Non
         # ClickHouse keeps a year of events (the events table's TTL): older ones are not stored
         expected_events |= {str(e.event_id) for e in got.events if e.occurred_at >= kept_from}
     seen = run.finish()
-    letters = [serde.decode(m.value(), DeadLetter) for m in read_topic(run.settings, "encore.events.dlq",
-                                                                       lambda ms: False, timeout=15)]
+    letters = [serde.decode(m.value(), DeadLetter) for m in read_all(run.settings, "encore.events.dlq")]
     dead = {(d.partition, d.offset, d.index, d.reason) for d in letters}
     print(f"\n{len(records)} records: {len(expected_dead)} dead letters expected, {len(dead)} seen; "
           f"{len(expected_events)} good events expected, {len(seen['clickhouse']['event_ids'])} in ClickHouse")

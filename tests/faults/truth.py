@@ -22,16 +22,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.events import GamificationEvent, Recommendation, RewardRecord
 from schemas.wire import Serde
 from streams.settings import Settings
-from tests.test_e2e import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,14 +88,32 @@ def clickhouse(dsns: list[str]) -> dict[str, Any]:
     }
 
 
+def read_all(settings: Settings, topic: str, idle_s: float = 1.5, timeout: float = 300) -> list[Any]:
+    """Every record of a topic, each once: all partitions assigned from the beginning (no group
+    join), read until nothing more comes for ``idle_s``."""
+    name = settings.topic(topic)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    try:
+        parts = consumer.list_topics(name, timeout=10).topics[name].partitions
+        consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in parts])
+        seen: dict[tuple[int, int], Any] = {}
+        last, deadline = time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() - last < idle_s and time.monotonic() < deadline:
+            for m in consumer.consume(1000, 0.2):
+                if not m.error():
+                    seen[(m.partition(), m.offset())] = m
+                    last = time.monotonic()
+        return list(seen.values())
+    finally:
+        consumer.close()
+
+
 def collect(settings: Settings, tag: str, dsns: list[str]) -> dict[str, Any]:
     serde = Serde()
-    game = [serde.decode(m.value(), GamificationEvent)
-            for m in read_topic(settings, "encore.gamification", lambda ms: False, timeout=8)]
-    slates = [serde.decode(m.value(), Recommendation)
-              for m in read_topic(settings, "encore.recommendations", lambda ms: False, timeout=8)]
-    rewards = [serde.decode(m.value(), RewardRecord)
-               for m in read_topic(settings, "encore.rewards", lambda ms: False, timeout=8)]
+    game = [serde.decode(m.value(), GamificationEvent) for m in read_all(settings, "encore.gamification")]
+    slates = [serde.decode(m.value(), Recommendation) for m in read_all(settings, "encore.recommendations")]
+    rewards = [serde.decode(m.value(), RewardRecord) for m in read_all(settings, "encore.rewards")]
     r = redis.Redis.from_url(settings.redis_url)
     karma = {}
     for key in r.scan_iter(match=f"{tag}:{{*}}:s", count=1000):
