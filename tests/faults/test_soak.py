@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from bench.workload import generate
-from tests.faults.harness import Run, knob
+from tests.faults.harness import QUICK, Run, knob
 from tests.faults.test_outages import clean_run
 from tests.faults.truth import compare, table
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-SOAK_S = knob("SOAK_S", 600, 40)
+SOAK_S = knob("SOAK_S", 600, 30)
 RATE = knob("SOAK_RATE", 1200, 800)  # events/s: ~half of bench-throughput's drain
 
 
@@ -29,7 +29,7 @@ def lag(text: str) -> float:
 
 @pytest.mark.timeout(int(SOAK_S * 3 + 900))
 def test_soak_memory_flat_and_lag_not_growing(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    records = generate(int(SOAK_S * RATE), seed=41, n_listeners=3000)
+    records = generate(int(SOAK_S * RATE), seed=41, n_listeners=3000 if not QUICK else 300)
     clean = clean_run(stack, tmp_path / "clean", records)
     run = Run(stack, tmp_path / "soak")
     run.start("w")
@@ -51,7 +51,10 @@ def test_soak_memory_flat_and_lag_not_growing(stack, tmp_path) -> None:  # type:
     print(f"\nsoak {SOAK_S:.0f} s at {RATE:.0f} events/s ({len(records)} records): RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB, "
           f"second-half slope {slope:+.1f} MB/min; lag (records) first third mean {lags[:third].mean():.1f}, "
           f"last third mean {lags[-third:].mean():.1f}, max {lags.max():.0f}")
-    assert slope < 5.0, f"memory grows {slope:.1f} MB/min in the second half"
+    if SOAK_S >= 300:  # a slope needs minutes; a short run only bounds the second half's growth
+        assert slope < 5.0, f"memory grows {slope:.1f} MB/min in the second half"
+    else:
+        assert rss[half].max() - rss[half].min() < 50, "memory grows in the second half"
     assert lags[-third:].mean() <= max(2 * lags[:third].mean(), RATE / 10 * 2), "lag grows: the worker falls behind"
     seen = run.finish()
     rows = compare(clean, seen)

@@ -49,7 +49,7 @@ out = {
       "FROM recommendations FINAL GROUP BY rec_id")},
   "karma_history": [[str(r["event_id"]), r["what"], r["user_id"], int(r["karma_delta"])]
                     for r in q("SELECT event_id, what, user_id, karma_delta FROM karma_history FINAL")],
-  "karma_rows": q("SELECT count() AS n, uniqExact(event_id, what) AS ids FROM karma_history")[0],
+  "karma_rows": q("SELECT count() AS n, uniqExact(event_id, what) AS ids FROM karma_history FINAL")[0],
 }
 print(json.dumps(out, default=str))
 """
@@ -80,7 +80,7 @@ def clickhouse(dsns: list[str]) -> dict[str, Any]:
             per_user[user] += delta
     return {
         "event_ids": events,
-        "unique": unique,  # no identity twice in any store (before merges)
+        "unique": unique,  # no identity twice in any store, as readers see it (FINAL)
         "recommendations": {r: set(v) for r, v in recs.items()},
         "karma_history": {u: k for u, k in per_user.items() if k},
         "unlock_rows": sorted((user, what) for (_, what), (user, _) in karma.items()
