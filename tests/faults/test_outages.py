@@ -18,7 +18,7 @@ import pytest
 from bench.workload import generate
 from deploy.local.stack import free_port, settings_env
 from tests.faults.harness import QUICK, Run, knob
-from tests.faults.truth import compare, table
+from tests.faults.truth import assert_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 REDIS_DOWN_S = knob("FAULT_REDIS_DOWN_S", 30, 9)
@@ -98,9 +98,7 @@ def test_redis_down_under_load_then_everything_equals_the_clean_run(stack, tmp_p
     run.stack.ensure_redis()  # back, with what its append-only file kept
     run.start("w2")
     seen = run.finish()
-    rows = compare(clean, seen)
-    print(f"\nRedis killed for {REDIS_DOWN_S:.0f} s under load, the worker stopped mid-retry\n" + table(rows))
-    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
+    assert_equal(clean, seen, f"Redis killed for {REDIS_DOWN_S:.0f} s under load, the worker stopped mid-retry")
 
 
 @pytest.mark.timeout(1200)
@@ -120,9 +118,7 @@ def test_clickhouse_refusing_under_load_then_everything_equals_the_clean_run(sta
     assert not run.get("w1", "/readyz")["ready"]
     assert_bounded(rss, f"ClickHouse refusing inserts ({len(rss)} s sampled)")
     seen = run.finish()
-    rows = compare(clean, seen)
-    print(f"\nClickHouse refusing inserts for {CLICKHOUSE_DOWN_S:.0f} s under load\n" + table(rows))
-    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
+    assert_equal(clean, seen, f"ClickHouse refusing inserts for {CLICKHOUSE_DOWN_S:.0f} s under load")
 
 
 @pytest.mark.timeout(1500)
@@ -145,9 +141,7 @@ def test_partitions_moving_under_load_then_everything_equals_the_clean_run(stack
         time.sleep(6)
         run.stop("b")
     seen = run.finish()
-    rows = [r for r in compare(clean, seen)]
-    print(f"\npartitions moved {MOVES} times under load\n" + table(rows))
-    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
+    assert_equal(clean, seen, f"partitions moved {MOVES} times under load")
 
 
 @pytest.mark.timeout(1200)
@@ -184,6 +178,4 @@ def test_redis_back_empty_is_noticed_and_rebuilt_from_clickhouse(stack, tmp_path
         assert time.monotonic() < deadline, "the alert did not clear after the rebuild"
         time.sleep(1)
     seen = run.finish()
-    rows = [r for r in compare(clean, seen) if "(Redis)" in r[0]]
-    print("\nRedis back empty, rebuilt from ClickHouse\n" + table(rows))
-    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
+    assert_equal(clean, seen, "Redis back empty, rebuilt from ClickHouse", where="(Redis)")

@@ -208,3 +208,11 @@ def table(rows: list[tuple[str, str, str, bool]]) -> str:
     lines = [f"{'case':<{width}}  {'ground truth':<30}  {'observed':<30}  ok"]
     lines += [f"{c:<{width}}  {t:<30}  {o:<30}  {'yes' if ok else 'NO'}" for c, t, o, ok in rows]
     return "\n".join(lines)
+
+
+def assert_equal(clean: dict[str, Any], seen: dict[str, Any], title: str, where: str = "") -> None:
+    """Print the table (case, ground truth, observed) and fail on any row that differs;
+    ``where`` keeps only the rows whose case names it (e.g. "(Redis)")."""
+    rows = [r for r in compare(clean, seen) if where in r[0]]
+    print(f"\n{title}\n" + table(rows))
+    assert all(ok for *_, ok in rows), table([r for r in rows if not r[3]])
