@@ -20,12 +20,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from cachetools import FIFOCache
 
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.policy import Decided, HybridPolicy, RandomPolicy
-from online_models.reward import Closed, Decision, Feedback, RewardJoin
+from online_models.reward import Closed, Decision, Feedback, RecentIds, RewardJoin
 from schemas.events import Interaction, Kind, Recommendation, RewardItem, RewardRecord, SlateItem
 
 STEP = "recommend"
@@ -33,36 +32,6 @@ REC_NAMESPACE = uuid.UUID("5f0c1c34-7b0e-4d53-9b0f-2f1f7e6c9a10")
 RECENT_PER_USER = 50
 SNAPSHOT_IDS = 200_000  # recent event ids kept in a snapshot (duplicates across a restart)
 Policy = RandomPolicy | HybridPolicy
-
-
-class RecentIds:
-    """A bounded memory of event ids, oldest forgotten first (a cachetools FIFO cache)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: FIFOCache[uuid.UUID, None] = FIFOCache(maxsize=capacity)
-
-    def add(self, event_id: uuid.UUID) -> bool:
-        """True if new; False if already seen."""
-        if event_id in self._ids:
-            return False
-        self._ids[event_id] = None
-        return True
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def to_bytes(self, last: int) -> bytes:
-        """The ``last`` most recent ids, 16 bytes each (compact and fast to snapshot)."""
-        ids = list(self._ids)[-last:]
-        return b"".join(u.bytes for u in ids)
-
-    @classmethod
-    def from_bytes(cls, capacity: int, blob: bytes) -> RecentIds:
-        out = cls(capacity)
-        for i in range(0, len(blob), 16):
-            out._ids[uuid.UUID(bytes=blob[i:i + 16])] = None
-        return out
 
 
 def listening_context(event: Interaction) -> ListeningContext:

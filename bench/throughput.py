@@ -294,7 +294,7 @@ def memory_per_listener(records: list[tuple[bytes, bytes]]) -> dict[str, float]:
     return {"listeners": listeners, "snapshot_bytes": len(blob),
             "bytes_per_listener": per_listener / max(listeners, 1),
             "open_decisions": len(rec.join.open), "bytes_per_open_decision": in_flight / max(len(rec.join.open), 1),
-            "event_ids_kept": len(rec.seen), "bytes_per_event_id": 16,
+            "event_ids_kept": len(rec.seen), "bytes_per_event_id": 80,  # RecentIds: set + queue of ints
             "snapshot_bytes_per_listener": len(blob) / max(listeners, 1)}
 
 

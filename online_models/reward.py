@@ -23,7 +23,9 @@ clock, or on processing time if the listener goes quiet) and then yields one rew
 the deepest position that got any feedback are treated as not seen (the cascade assumption)
 and yield nothing; items above it with no feedback get ``default``. Feedback that arrives
 before its decision (out of order) waits up to ``window_s`` for it; feedback for a closed
-decision is counted as late and dropped; a repeated event_id is counted as a duplicate.
+decision is counted as late and dropped; a repeated event_id (on the same decision, open or
+waiting) is counted as a duplicate. Ids are remembered per decision, so memory is bounded by the
+decisions in flight; closed rec_ids are kept in a fixed-size :class:`RecentIds` window.
 Pure: no clock, no I/O; time comes in as arguments.
 """
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 import pickle
 import tomllib
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -91,6 +93,46 @@ class RewardMapping:
         return min(self.clip_high, max(self.clip_low, total))
 
 
+class RecentIds:
+    """The last ``capacity`` ids seen, oldest forgotten first: a set and a queue of the ids'
+    128-bit integers (about 80 bytes per id, against ~225 for UUID objects in an ordered cache),
+    so a window of a million ids costs ~80 MB."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._set: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def add(self, id_: uuid.UUID) -> bool:
+        """True if new; False if already in the window."""
+        n = id_.int
+        if n in self._set:
+            return False
+        self._set.add(n)
+        self._order.append(n)
+        if len(self._order) > self.capacity:
+            self._set.discard(self._order.popleft())
+        return True
+
+    def __contains__(self, id_: uuid.UUID) -> bool:
+        return id_.int in self._set
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def to_bytes(self, last: int | None = None) -> bytes:
+        """The ``last`` most recent ids (all by default), 16 bytes each."""
+        ids = list(self._order)[-last:] if last else self._order
+        return b"".join(n.to_bytes(16, "big") for n in ids)
+
+    @classmethod
+    def from_bytes(cls, capacity: int, blob: bytes) -> RecentIds:
+        out = cls(capacity)
+        for i in range(0, len(blob), 16):
+            out.add(uuid.UUID(bytes=blob[i:i + 16]))
+        return out
+
+
 @dataclass
 class Decision:
     """What a slate decided, kept until its rewards are known. ``payload`` is whatever the
@@ -106,6 +148,7 @@ class Decision:
     deepest: int = -1
     n_feedback: int = 0
     opened_at: datetime | None = None  # processing time, set by RewardJoin.decide
+    seen: set[uuid.UUID] = field(default_factory=set)  # feedback event ids applied (duplicates)
 
 
 @dataclass(frozen=True)
@@ -151,7 +194,7 @@ class RewardJoin:
     """
 
     def __init__(self, mapping: RewardMapping | None = None, *, window_s: float = 300.0,
-                 remember_ids: int = 1_000_000, remember_closed: int = 200_000) -> None:
+                 remember_closed: int = 200_000) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         self.mapping = mapping or RewardMapping()
@@ -161,10 +204,8 @@ class RewardJoin:
         self.user_clock: dict[str, datetime] = {}
         self.waiting: dict[uuid.UUID, list[Feedback]] = {}
         self._waiting_since: OrderedDict[uuid.UUID, datetime] = OrderedDict()
-        self._seen: OrderedDict[uuid.UUID, None] = OrderedDict()
-        self._closed: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._closed = RecentIds(remember_closed)  # a late feedback's decision: closed, not unknown
         self._due: list[uuid.UUID] = []  # closed by their listener's clock, not yet handed out
-        self._remember_ids, self._remember_closed = remember_ids, remember_closed
         self.stats = JoinStats()
 
     def _tick(self, user_id: str, t: datetime) -> None:
@@ -204,26 +245,28 @@ class RewardJoin:
         """Add one feedback event; False if it was a duplicate, late or not feedback."""
         if self.mapping.of(fb.kind, fb.listened_ms) is None:
             return False
-        if fb.event_id in self._seen:
-            self.stats.duplicates += 1
-            return False
-        self._seen[fb.event_id] = None
-        if len(self._seen) > self._remember_ids:
-            self._seen.popitem(last=False)
         if fb.rec_id in self._closed:
             self.stats.late += 1
             return False
         decision = self.open.get(fb.rec_id)
         if decision is None:
+            waiting = self.waiting.setdefault(fb.rec_id, [])
+            if any(w.event_id == fb.event_id for w in waiting):
+                self.stats.duplicates += 1
+                return False
             self.stats.early += 1
-            self.waiting.setdefault(fb.rec_id, []).append(fb)
+            waiting.append(fb)
             self._waiting_since.setdefault(fb.rec_id, now)
             return True
+        if fb.event_id in decision.seen:
+            self.stats.duplicates += 1
+            return False
         ok = self._apply(decision, fb)
         self._tick(fb.user_id, fb.occurred_at)
         return ok
 
     def _apply(self, decision: Decision, fb: Feedback) -> bool:
+        decision.seen.add(fb.event_id)
         pos = fb.position
         if pos is None or not 0 <= pos < len(decision.track_ids) or decision.track_ids[pos] != fb.track_id:
             pos = decision.track_ids.index(fb.track_id) if fb.track_id in decision.track_ids else None
@@ -259,9 +302,7 @@ class RewardJoin:
 
     def _close(self, rec_id: uuid.UUID) -> Closed:
         decision = self.open.pop(rec_id)
-        self._closed[rec_id] = None
-        if len(self._closed) > self._remember_closed:
-            self._closed.popitem(last=False)
+        self._closed.add(rec_id)
         rewards = tuple(
             self.mapping.clip(decision.totals.get(p, self.mapping.default)) if p <= decision.deepest else None
             for p in range(len(decision.track_ids))
@@ -300,13 +341,17 @@ class RewardJoin:
 
     def snapshot(self) -> bytes:
         state = dict(self.__dict__)
-        for name in ("_seen", "_closed"):  # many ids: 16 bytes each instead of pickled UUID objects
-            state[name] = b"".join(u.bytes for u in state[name])
+        state["_closed"] = (self._closed.capacity, self._closed.to_bytes())  # 16 bytes per id
         return pickle.dumps(state)
 
     def restore(self, blob: bytes) -> None:
         state = pickle.loads(blob)
-        for name in ("_seen", "_closed"):
-            raw = state[name]
-            state[name] = OrderedDict((uuid.UUID(bytes=raw[i:i + 16]), None) for i in range(0, len(raw), 16))
+        state.pop("_seen", None)  # snapshots before per-decision ids kept one global window
+        for name in ("_remember_ids", "_remember_closed"):
+            state.pop(name, None)
+        closed = state["_closed"]
+        capacity, raw = closed if isinstance(closed, tuple) else (self._closed.capacity, closed)
+        state["_closed"] = RecentIds.from_bytes(capacity, raw)
         self.__dict__.update(state)
+        for d in self.open.values():  # decisions pickled before they kept their feedback ids
+            d.__dict__.setdefault("seen", set())

@@ -17,7 +17,7 @@ from online_models.candidates import SOURCES, CandidateGenerator
 from online_models.context import ListeningContext
 from online_models.features import FEATURE_NAMES, N_FEATURES, build_features
 from online_models.policy import POLICIES, make_policy
-from online_models.reward import Decision, Feedback, RewardJoin, RewardMapping
+from online_models.reward import Decision, Feedback, RecentIds, RewardJoin, RewardMapping
 from online_models.rl import SessionDQN, SessionState
 from online_models.slate import SlateRules
 from streams.simulator import synthetic_catalogue
@@ -153,6 +153,34 @@ def test_join_handles_duplicate_out_of_order_late_and_missing_feedback() -> None
     (quiet, *_) = join.close_due(T0 + timedelta(seconds=61))
     assert quiet.decision.rec_id == other and quiet.rewards == (None,) * 4
     assert join.stats.duplicates == 1 and join.stats.unmatched_track == 1
+
+
+def test_id_window_forgets_the_oldest_and_survives_a_snapshot() -> None:
+    ids = [uuid.uuid4() for _ in range(5)]
+    window = RecentIds(3)
+    assert all(window.add(u) for u in ids) and not window.add(ids[-1])
+    assert len(window) == 3 and ids[0] not in window and ids[2] in window
+    again = RecentIds.from_bytes(3, window.to_bytes())
+    assert [u in again for u in ids] == [False, False, True, True, True]
+    assert len(RecentIds.from_bytes(3, window.to_bytes(last=2))) == 2
+
+
+def test_a_duplicate_is_caught_by_its_decision_after_a_move_and_a_snapshot() -> None:
+    """Feedback ids are kept with their decision, so they move with it (export / import, as when
+    a partition changes hands) and survive a snapshot; memory is bounded by open decisions."""
+    a, b = RewardJoin(window_s=60), RewardJoin(window_s=60)
+    rec = uuid.uuid4()
+    a.decide(Decision(rec, "ann", T0, ("t0", "t1"), "p"), T0)
+    done = _fb(rec, "ann", "t0", "play_end", T0, position=0)
+    assert a.feedback(done, T0)
+    b.import_users(a.export_users({"ann"}), T0)
+    c = RewardJoin(window_s=60)
+    c.restore(b.snapshot())
+    assert not c.feedback(done, T0) and c.stats.duplicates == 1
+    early = _fb(uuid.uuid4(), "bob", "t0", "like", T0)
+    assert c.feedback(early, T0) and not c.feedback(early, T0)  # waiting for its decision: still one
+    (closed,) = c.close_due(all_open=True)
+    assert closed.rewards == (1.0, None)
 
 
 def test_join_is_order_independent_within_the_window() -> None:
