@@ -13,7 +13,7 @@ DEMO_FLAGS ?=
 
 .PHONY: install system-deps up down status demo test test-unit test-integration test-e2e test-faults lint schemas \
         clean bench \
-        bench-karma bench-clickhouse bench-recommenders bench-bandits bench-ceiling bench-throughput
+        bench-karma bench-clickhouse bench-experiments bench-recommenders bench-bandits bench-ceiling bench-throughput
 
 install: $(STAMP) system-deps
 
@@ -70,7 +70,7 @@ test-faults: install
 bench-throughput: install
 	$(PY) -m bench.throughput
 
-bench: bench-karma bench-clickhouse bench-recommenders bench-bandits
+bench: bench-karma bench-clickhouse bench-experiments bench-recommenders bench-bandits
 
 # closed-loop simulator, 100k events per policy: regret curves in bench/out/closed_loop.png
 bench-recommenders: install
@@ -87,6 +87,10 @@ bench-bandits: install
 
 bench-clickhouse: install
 	$(PY) -m bench.clickhouse_bench
+
+# A/A false-positive rates of every experiment test (and peeking, and an injected SRM)
+bench-experiments: install
+	$(PY) -m bench.experiments_aa --sims 5000
 
 bench-karma: install
 	$(PY) -m bench.karma_bench
