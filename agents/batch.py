@@ -24,6 +24,7 @@ from typing import Any
 
 from agents.gamify import Effect, Rules, effect_for
 from agents.ingest import Ingested, RawRecord, dead_letter, ingest
+from agents.lanes import Lanes
 from agents.recommend import Recommender
 from online_models.catalogue import Catalogue
 from schemas.events import DeadLetter, Interaction, Kind, Recommendation, RewardRecord
@@ -40,7 +41,7 @@ class BatchState:
 
     serde: Serde
     catalogue: Catalogue
-    recommender: Recommender
+    recommender: Recommender | Lanes  # Lanes in the worker: one recommender per experiment arm
     rules: Rules | None = None  # gamification off when None
     analytics: bool = True
     max_record_bytes: int = 1_048_576
@@ -135,10 +136,14 @@ def process_batch(records: list[RawRecord], state: BatchState, now: datetime, de
         return out
     out.duplicates = rec.duplicates - before
     enriched = enrich(out.events, state.catalogue)
+    routed = isinstance(rec, Lanes) and rec.control.active  # experiments running or flags set
     if state.rules is not None:
+        gamified = [x for x in enriched if rec.gamified(x.event.user_id)] if routed else enriched  # type: ignore[union-attr]
         out.effects = [f for f in (effect_for(x.event, state.rules, artist=x.artist, genre=x.genre, local=x.local)
-                                   for x in enriched) if f is not None]
+                                   for x in gamified) if f is not None]
     if state.analytics:
         out.rows["events"] = event_rows(((x.event, x.artist, x.genre, x.local) for x in enriched), now)
         out.rows["recommendations"] = slate_rows(out.slates)
+        if routed:
+            out.rows["experiment_exposures"] = rec.exposures(out.events)  # type: ignore[union-attr]
     return out

@@ -36,6 +36,7 @@ import numpy as np
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from agents.ingest import RawRecord, ingest
+from agents.lanes import Lanes
 from agents.recommend import Recommender
 from schemas.events import Kind, Recommendation
 from schemas.wire import Serde
@@ -51,17 +52,19 @@ class ModelDelta:
     policy_id: str
     dA: np.ndarray
     db: np.ndarray
+    lane: str = ""  # the learner it came from: "" (default) or an experiment arm's lane
 
     def encode(self) -> bytes:
         buf = io.BytesIO()
         np.savez(buf, worker_id=np.array(self.worker_id), seq=np.array(self.seq),
-                 policy_id=np.array(self.policy_id), dA=self.dA, db=self.db)
+                 policy_id=np.array(self.policy_id), dA=self.dA, db=self.db, lane=np.array(self.lane))
         return buf.getvalue()
 
     @classmethod
     def decode(cls, blob: bytes) -> ModelDelta:
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            return cls(str(z["worker_id"]), int(z["seq"]), str(z["policy_id"]), z["dA"], z["db"])
+            lane = str(z["lane"]) if "lane" in z.files else ""  # deltas from before lanes: the default
+            return cls(str(z["worker_id"]), int(z["seq"]), str(z["policy_id"]), z["dA"], z["db"], lane)
 
 
 class DeltaReader:
@@ -105,7 +108,8 @@ class DeltaReader:
 
 
 class DeltaMerger:
-    """Merges queued deltas into the local linear bandit, each (worker, seq) once."""
+    """Merges queued deltas into the same lane's linear bandit, each (worker, seq) once. A delta
+    for a lane this worker has not served yet creates it (its listeners may come here later)."""
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -113,7 +117,7 @@ class DeltaMerger:
         self.offsets: dict[int, int] = {}  # models partition -> next offset to read
         self.merged = 0
 
-    def merge(self, model: object, reader: DeltaReader) -> int:
+    def merge(self, lanes: Lanes, reader: DeltaReader) -> int:
         n = 0
         while True:
             try:
@@ -123,9 +127,13 @@ class DeltaMerger:
             self.offsets[partition] = offset + 1
             if delta.worker_id == self.worker_id or delta.seq <= self.last_seq.get(delta.worker_id, -1):
                 continue
+            spec = lanes.spec_of(delta.lane)
+            if spec is None:  # the lane's experiment is no longer declared here
+                continue
+            model = getattr(lanes.recommender(spec).policy, "ranker", None)
             if delta.policy_id != getattr(model, "policy_id", None):
                 continue
-            model.merge((delta.dA, delta.db))  # type: ignore[attr-defined]
+            model.merge((delta.dA, delta.db))  # type: ignore[union-attr]
             self.last_seq[delta.worker_id] = delta.seq
             self.merged += 1
             n += 1
@@ -171,7 +179,7 @@ def committed_offsets(settings: Settings, topic: str, partitions: list[int]) -> 
         c.close()
 
 
-def replay(settings: Settings, topic: str, recommender: Recommender, serde: Serde,
+def replay(settings: Settings, topic: str, recommender: Recommender | Lanes, serde: Serde,
            start: dict[int, int], stop: dict[int, int],
            published: Callable[[list[tuple[str, uuid.UUID]]], Mapping[uuid.UUID, Recommendation]] | None = None,
            batch: int = 500) -> int:

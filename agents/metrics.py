@@ -71,6 +71,8 @@ class Metrics:
                                       "timer runs again at its next tick)", ["timer"], registry=registry)
         self.redis_lost = Gauge("encore_redis_state_lost", "1 when Redis lost the gamification state (its "
                                 "generation marker vanished); run `encore rebuild-gamification`", registry=registry)
+        self.control_version = Gauge("encore_control_version", "Version of the experiments / flags control state "
+                                     "this worker applies (every worker should read the same)", registry=registry)
         self.handoffs = Counter("encore_partition_handoffs_total", "Listener state of an events partition handed "
                                 "to its next owner (out) or taken over from its last one (in)", ["direction"],
                                 registry=registry)

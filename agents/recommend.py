@@ -54,12 +54,15 @@ class Learned:
 
 class Recommender:
     def __init__(self, catalogue: Catalogue, policy: Policy, *, slate_size: int, dedupe_window: int,
-                 join: RewardJoin | None = None, seed: int = 0) -> None:
+                 join: RewardJoin | None = None, seed: int = 0, lane: str = "",
+                 experiment_arm: str | None = None) -> None:
         self.catalogue = catalogue
         self.policy = policy
         self.join = join or RewardJoin()
         self.slate_size = slate_size
         self.seed = seed
+        self.lane = lane  # "" for the default; an experiment arm's lane scopes its rec_ids
+        self.experiment_arm = experiment_arm  # "experiment/arm", stamped on its slates
         self.seen = RecentIds(dedupe_window)
         self.recent: dict[str, deque[int]] = {}
         self.duplicates = 0
@@ -96,8 +99,9 @@ class Recommender:
         return slates
 
     def rec_id_of(self, request: Interaction) -> uuid.UUID:
-        """The rec_id of the slate that answers ``request``: one per (policy, request)."""
-        return uuid.uuid5(REC_NAMESPACE, f"{self.policy.policy_id}:{request.event_id}")
+        """The rec_id of the slate that answers ``request``: one per (lane, policy, request)."""
+        scope = f"{self.lane}:" if self.lane else ""
+        return uuid.uuid5(REC_NAMESPACE, f"{scope}{self.policy.policy_id}:{request.event_id}")
 
     def adopt(self, slate: Recommendation, request: Interaction, now: datetime) -> None:
         """Open the decision of a slate published earlier (by this worker before a crash, or by
@@ -144,7 +148,8 @@ class Recommender:
             rec_id=self.rec_id_of(request),
             request_id=request.event_id, user_id=request.user_id, session_id=request.session_id,
             items=items, slate_propensity=slate.slate_propensity, policy_id=slate.policy_id,
-            policy_version=slate.policy_version, context=request.context, created_at=now,
+            policy_version=slate.policy_version, experiment_arm=self.experiment_arm, context=request.context,
+            created_at=now,
         )
         # event time of the request: the join's windows run on event time, not on this clock
         self.join.decide(Decision(rec.rec_id, rec.user_id, request.occurred_at,

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import re
 import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from agents.deliver import Delivery, Report
 from agents.gamify import Rules
 from agents.http_api import register_api, register_drills
 from agents.ingest import RawRecord
+from agents.lanes import Lanes
 from agents.learn import (
     DeltaMerger,
     DeltaReader,
@@ -52,6 +55,8 @@ from agents.learn import (
 from agents.logs import logging_config
 from agents.metrics import Metrics
 from agents.recommend import Learned, Recommender
+from experiments.config import DEFAULT_LANE, Control, Experiment, Lane, load_experiments
+from experiments.control import ControlStore, describe
 from online_models.catalogue import Catalogue
 from online_models.linear import LinearBandit
 from online_models.policy import HybridPolicy, make_policy
@@ -115,20 +120,32 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     serde = Serde(SchemaCatalogue(settings.schema_registry_url))
     catalogue = load_catalogue(settings.catalogue)
     rules = SlateRules(artist_cap=settings.artist_cap, discovery_share=settings.discovery_share)
-    params = {"temperature": settings.popularity_temperature} if settings.policy == "popularity" else {}
-    policy = make_policy(settings.policy, catalogue, rules=rules, n_candidates=settings.n_candidates, **params)
-    join = RewardJoin(RewardMapping.from_toml(settings.rewards_file), window_s=settings.reward_window_s)
-    recommender = Recommender(catalogue, policy, slate_size=settings.slate_size,
-                              dedupe_window=settings.dedupe_window, join=join)
+    mapping = RewardMapping.from_toml(settings.rewards_file)
+
+    def make_lane(lane: Lane) -> Recommender:
+        """A recommender for one lane: the default, or an experiment arm / flag with its own learner."""
+        name = lane.policy or settings.policy
+        params = {"temperature": settings.popularity_temperature} if name == "popularity" else {}
+        lane_policy = make_policy(name, catalogue, rules=rules, n_candidates=settings.n_candidates,  # type: ignore[arg-type]
+                                  **{**params, **dict(lane.params)})
+        join = RewardJoin(replace(mapping, **dict(lane.rewards)), window_s=settings.reward_window_s)
+        return Recommender(catalogue, lane_policy, slate_size=settings.slate_size, dedupe_window=settings.dedupe_window,
+                           join=join, lane=lane.key,
+                           experiment_arm=f"{lane.experiment}/{lane.arm}" if lane.experiment else None)
+
+    # a socket timeout: a Redis that stops answering is an outage (retried), never a hang
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    experiments = load_declared(settings)
+    control_store = ControlStore(redis_client, settings.redis_prefix)
+    recommender = Lanes(make_lane, read_control(control_store, experiments, settings))
+    policy = recommender.default.policy
     ranker = policy.ranker if isinstance(policy, HybridPolicy) else None
     worker_id = settings.worker_id or f"{socket.gethostname()}:{settings.web_port}"
     snapshots = SnapshotStore(settings.state_dir / "models",
                               re.sub(r"[^A-Za-z0-9_.-]", "_", f"{settings.app_id}-{settings.policy}-{worker_id}"))
     merger = DeltaMerger(worker_id)
     learning: dict[str, Any] = {"events_offsets": {}, "seq": 0, "last_snapshot": time.monotonic(), "reader": None,
-                                "trained_at": 0}
-    # a socket timeout: a Redis that stops answering is an outage (retried), never a hang
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+                                "trained_at": {}}
     slate_cache = SlateCache(redis_client, prefix=settings.redis_prefix, ttl_s=settings.slate_ttl_s)
     metrics.replayed.inc(restore_and_replay(settings, recommender, serde, snapshots, merger, learning, slate_cache))
 
@@ -296,29 +313,33 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                     metrics.rewards.labels(rec.policy_id, sign).inc()
                     metrics.reward.labels(rec.policy_id).observe(item.reward)
                     metrics.reward_sum.labels(rec.policy_id).inc(item.reward)
-        for what, value in vars(recommender.join.stats).items():
+        for what, value in recommender.join_stats().items():
             metrics.join.labels(what).set(value)
-        metrics.join.labels("open").set(len(recommender.join.open))
+        metrics.join.labels("open").set(recommender.open_decisions)
 
     @app.timer(1.0)
     @guarded("reward-windows", metrics)
     async def reward_windows() -> None:
         """Close decisions whose window passed in processing time (their listener went quiet), and
         train the session DQN off the stream."""
-        if recommender.join.open:
+        if recommender.open_decisions:
             learned: Learned = recommender.close(datetime.now(UTC))
             observe_rewards(learned.records)
             await asyncio.gather(*[await delivery._send(topic_names["rewards"], r.user_id.encode(), serde.encode(r))
                                    for r in learned.records])
-        if isinstance(ranker, SessionDQN) and settings.rl_train_steps and ranker.n_updates > learning["trained_at"]:
-            learning["trained_at"] = ranker.n_updates
-            loss = await asyncio.to_thread(ranker.train, settings.rl_train_steps)
-            if loss == loss:
-                metrics.rl_loss.set(loss)
+        for key, rec in list(recommender.lanes.items()):  # each lane's DQN trains on its own replay
+            dqn = getattr(rec.policy, "ranker", None)
+            if not isinstance(dqn, SessionDQN) or not settings.rl_train_steps:
+                continue
+            if dqn.n_updates > learning["trained_at"].get(key, 0):
+                learning["trained_at"][key] = dqn.n_updates
+                loss = await asyncio.to_thread(dqn.train, settings.rl_train_steps)
+                if loss == loss and key == DEFAULT_LANE:
+                    metrics.rl_loss.set(loss)
 
     @app.task
     async def start_model_sync() -> None:
-        if isinstance(ranker, LinearBandit):
+        if isinstance(ranker, LinearBandit) or any(e.arms for e in experiments):
             try:
                 learning["reader"] = await asyncio.to_thread(
                     DeltaReader, settings, models_topic.get_topic_name(), worker_id, dict(merger.offsets))
@@ -331,15 +352,18 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     @guarded("model-sync", metrics)
     async def sync_models() -> None:
         """Publish this worker's delta, merge the others', and snapshot right after a publish."""
-        if isinstance(ranker, LinearBandit):
-            dA, db = ranker.delta()
+        for key, rec in list(recommender.lanes.items()):  # deltas carry their lane: arms never mix
+            bandit = getattr(rec.policy, "ranker", None)
+            if not isinstance(bandit, LinearBandit):
+                continue
+            dA, db = bandit.delta()
             if dA.any() or db.any():
                 learning["seq"] += 1
-                delta = ModelDelta(worker_id, learning["seq"], ranker.policy_id, dA, db)
+                delta = ModelDelta(worker_id, learning["seq"], bandit.policy_id, dA, db, key)
                 await (await models_topic.send(key=worker_id.encode(), value=delta.encode()))
                 metrics.deltas.labels("published").inc()
-            if learning["reader"] is not None:
-                metrics.deltas.labels("merged").inc(merger.merge(ranker, learning["reader"]))
+        if learning["reader"] is not None:
+            metrics.deltas.labels("merged").inc(merger.merge(recommender, learning["reader"]))
         metrics.model_rows.labels(policy.policy_id).set(model_rows())
         if time.monotonic() - learning["last_snapshot"] >= settings.model_snapshot_interval_s:
             take_snapshot()
@@ -472,6 +496,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     register_api(app, settings, events_topic=events_topic, serde=serde, slates=slate_cache,
                  gamification=store, readiness=readiness, listener_model=listener_model)
 
+    @app.timer(settings.control_poll_s)
+    @guarded("control", metrics)
+    async def poll_control() -> None:
+        """Experiments started / stopped and flags, from Redis: applied within one poll."""
+        control = (await asyncio.to_thread(control_store.control, experiments, settings.gamification_enabled))
+        if recommender.set_control(control.at(datetime.now(UTC))):
+            metrics.control_version.set(control.version)
+            log.info("control state v%d applied: %s", control.version, json.dumps(describe(recommender.control)),
+                     extra={"step": "control"})
+
     @app.timer(5.0)
     @guarded("measure-lag", metrics)
     async def measure_lag() -> None:
@@ -489,7 +523,27 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     return app
 
 
-def restore_and_replay(settings: Settings, recommender: Recommender, serde: Serde, snapshots: SnapshotStore,
+def load_declared(settings: Settings) -> tuple[Experiment, ...]:
+    """The declared experiments; none (with a warning) when the file is missing or invalid, so a
+    bad declaration never stops the stream."""
+    try:
+        return load_experiments(settings.experiments_file)
+    except (OSError, ValueError) as exc:
+        log.warning("no experiments loaded (%s); fix the file and restart the workers", exc)
+        return ()
+
+
+def read_control(store: ControlStore, experiments: tuple[Experiment, ...], settings: Settings) -> Control:
+    """The control state at start; the declared statuses when Redis is away (polled again later)."""
+    try:
+        control = store.control(experiments, settings.gamification_enabled)
+    except redis.RedisError as exc:
+        log.warning("control state not read at start (%s); using the declared statuses until Redis answers", exc)
+        control = Control(experiments, gamification_default=settings.gamification_enabled)
+    return control.at(datetime.now(UTC))
+
+
+def restore_and_replay(settings: Settings, recommender: Recommender | Lanes, serde: Serde, snapshots: SnapshotStore,
                        merger: DeltaMerger, learning: dict[str, Any], slates: SlateCache) -> int:
     """Restore the last snapshot, then replay the events it does not cover (see agents.learn);
     replayed requests take the slates published for them. Returns the number of records replayed."""

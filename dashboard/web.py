@@ -1,6 +1,7 @@
 """The dashboard, served by the worker that owns the ClickHouse store (chDB allows one process).
 
-Pages: ``/dashboard/`` (ops / data view) and ``/dashboard/listener?user=ID`` (listener view).
+Pages: ``/dashboard/`` (ops / data view), ``/dashboard/listener?user=ID`` (listener view) and
+``/dashboard/experiments?name=NAME`` (an experiment's report).
 Data: ``/api/dashboard/{name}`` returns one query's JSON. Assets are served from this folder and
 Plotly's own bundled file (no CDN: machines are offline).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from uuid import UUID
 import faust
 
 from dashboard import queries as Q
+from experiments.report import analyse, declared, experiments_seen
 from sinks.clickhouse import ClickHouseStore
 from sinks.gamification import GamificationStore
 
@@ -41,6 +44,10 @@ def _plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, UUID):
         return str(value)
+    if hasattr(value, "item") and not isinstance(value, list | dict):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN: "not known" is null
+        return None
     return value
 
 
@@ -70,6 +77,17 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
         board = p.get("board", "global")
         return [{"rank": i, "user_id": u, "score": s} for i, (u, s) in enumerate(redis_store.top(board, 10), 1)]
 
+    def experiment(p: dict[str, str]) -> dict[str, Any]:
+        name = p.get("name", "")
+        if not name:
+            raise ValueError("this view needs ?name=<experiment>")
+        primary, weights = declared(name)
+        try:
+            mde = float(p.get("mde", 0.05))
+        except ValueError:
+            raise ValueError("mde must be a number (a relative lift, e.g. 0.05)") from None
+        return analyse(q, name, primary=p.get("primary") or primary, mde=mde, weights=weights).as_dict()
+
     def int_param(p: dict[str, str], name: str, default: int, high: int) -> int:
         try:
             value = int(p.get(name, default))
@@ -92,6 +110,8 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
         "listeners": lambda p: Q.listeners(q, int_param(p, "n", 20, 200)),
         "profile": profile,
         "leaderboard": leaderboard,
+        "experiments": lambda p: experiments_seen(q),
+        "experiment": experiment,
     }
 
 
@@ -106,6 +126,10 @@ def register_dashboard(app: faust.App, clickhouse: ClickHouseStore, redis_store:
     @app.page("/dashboard/listener")
     async def listener_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         return web.html(page.replace("{{VIEW}}", "listener"))
+
+    @app.page("/dashboard/experiments")
+    async def experiments_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.html(page.replace("{{VIEW}}", "experiments"))
 
     @app.page("/dashboard/static/{name}")
     async def static(web: faust.web.View, request: faust.web.Request, name: str) -> faust.web.Response:

@@ -43,6 +43,24 @@ class Analysis:
                 "power": self.power, "primary": self.primary, "notes": self.notes, "verdict": self.verdict}
 
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Analysis:
+        """Back from :meth:`as_dict` (a report fetched from a worker as JSON)."""
+        fields = ("metric", "test", "control", "treatment", "lift", "lift_low", "lift_high", "p_value",
+                  "n_control", "n_treatment", "p_adjusted")
+
+        def comp(r: dict[str, Any]) -> S.Comparison:
+            return S.Comparison(**{k: r.get(k) for k in fields},  # type: ignore[arg-type]
+                                extra={k: v for k, v in r.items() if k not in fields})
+
+        srm = S.SRM(d["srm"]["counts"], d["srm"]["expected"], d["srm"]["chi2"], d["srm"]["p_value"],
+                    d["srm"]["mismatch"])
+        survival = {arm: S.Survival(comp(s["logrank"]), s["curves"]) for arm, s in d.get("survival", {}).items()}
+        return cls(d["arms"], d["control"], srm, [comp(r) for r in d["results"]], [comp(r) for r in d["sequential"]],
+                   survival, d.get("power", []), d.get("primary"), d.get("alpha", 0.05), d.get("mde", 0.05),
+                   d.get("notes", []), d.get("verdict", ""))
+
+
 def is_binary(values: pd.Series) -> bool:
     v = values.dropna().unique()
     return len(v) > 0 and set(np.asarray(v, dtype=float).tolist()) <= {0.0, 1.0}

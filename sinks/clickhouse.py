@@ -50,6 +50,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "karma_history": ("event_id", "user_id", "what", "karma_delta", "karma_total", "tier", "created_at",
                       "occurred_at"),
     "leaderboard_snapshots": ("board", "taken_at", "rank", "user_id", "score"),
+    "experiment_exposures": ("event_id", "experiment", "arm", "user_id", "exposed_at"),
 }
 
 
@@ -60,8 +61,10 @@ PARTITION_OF = {
     "recommendations": lambda row: row[3].strftime("%Y%m%d"),
     "karma_history": lambda row: row[6].strftime("%Y%m"),
     "leaderboard_snapshots": lambda row: row[1].strftime("%Y%m"),
+    "experiment_exposures": lambda row: row[4].strftime("%Y%m"),
 }
-IDENTITY = {"events": (0,), "recommendations": (0, 7), "karma_history": (0, 2), "leaderboard_snapshots": (0, 1, 2)}
+IDENTITY = {"events": (0,), "recommendations": (0, 7), "karma_history": (0, 2), "leaderboard_snapshots": (0, 1, 2),
+            "experiment_exposures": (0, 1)}
 MAX_PARTITIONS_PER_INSERT = 90  # ClickHouse refuses a block over 100 (max_partitions_per_insert_block)
 #: server error names that mean "later", not "never"
 TRANSIENT_NAMES = ("TOO_MANY_PARTS", "MEMORY_LIMIT_EXCEEDED", "TIMEOUT", "NETWORK", "SOCKET", "CANNOT_SCHEDULE",

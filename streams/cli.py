@@ -181,7 +181,7 @@ def _worker_counts(settings: Settings) -> dict[str, float]:
 def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from agents.worker import load_catalogue
     from streams.simloop import ClosedLoop
-    from streams.simulator import World
+    from streams.simulator import Returns, World
 
     run_id = args.run_id or uuid.uuid4().hex[:8]
     console.print(f"simulation run {run_id} (seed {args.seed}; --run-id {run_id} replays it, event ids included)")
@@ -189,8 +189,13 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
     rate = 0.0 if args.saturate else args.rate
     if rate:
         console.print(f"listeners paced to {rate:,.0f} events/s (a load one worker sustains); --saturate shows capacity")
+    returns = Returns(args.return_base, gamification_lift=args.gamification_lift) if args.days else None
+    if returns:
+        console.print(f"{args.days} simulated days, listeners return with p = {returns.base} + "
+                      f"{returns.per_satisfaction} x (completion share - 0.5) + {returns.gamification_lift} if they "
+                      "earned karma")
     loop = ClosedLoop(settings, world, concurrency=args.concurrency, slate_size=settings.slate_size,
-                      bad_rate=args.bad_rate, seed=args.seed, rate=rate)
+                      bad_rate=args.bad_rate, seed=args.seed, rate=rate, returns=returns, days=args.days)
     before = _worker_counts(settings)
     try:
         with _progress() as bar:
@@ -241,6 +246,8 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
     played = stats.completions + stats.skips
     t.add_row("listener behaviour", f"{stats.sessions:,} sessions, {played:,} tracks played, "
               f"completion rate {stats.completions / max(played, 1):.1%}")
+    if stats.active_by_day:
+        t.add_row("returning listeners", " → ".join(f"day {d}: {n:,}" for d, n in enumerate(stats.active_by_day)))
     t.add_row("reward vs oracle", f"{stats.reward / max(stats.oracle_reward, 1e-9):.1%} of the best possible "
               f"expected completions (policy: {settings.policy})")
     if worker.get("encore_reward_count"):
@@ -378,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--saturate", action="store_true", help="no pace: as many listeners as --concurrency, "
                        "as fast as the worker answers (capacity, with the latency that costs)")
         p.add_argument("--run-id", default="", help="event-id namespace; default: a fresh one per run")
+        p.add_argument("--days", type=int, default=0, help="simulated days with returning listeners (experiments): "
+                       "everyone listens on day 0, then comes back the next day with a probability set by what "
+                       "they experienced; --seconds still bounds the run")
+        p.add_argument("--return-base", type=float, default=0.5, help="return probability after a neutral day")
+        p.add_argument("--gamification-lift", type=float, default=0.0,
+                       help="true effect: added return probability for a listener who earned karma that day")
     sub.add_parser("topics", help="create the topic catalogue and list it")
     sub.add_parser("rebuild-gamification", help="recompute Redis gamification state from the events in "
                    "ClickHouse (workers stopped)")

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     gamification_rules: Path = ROOT / "deploy" / "config" / "gamification.toml"
     redis_prefix: str = Field("enc", description="prefix of every Redis key")
 
+    # --- experiments ----------------------------------------------------------------------
+    experiments_file: Path = ROOT / "deploy" / "config" / "experiments.toml"
+    control_poll_s: float = Field(2.0, gt=0, description="how often a worker reads the control state "
+                                  "(experiments started / stopped, flags) from Redis")
+
     # --- analytics ----------------------------------------------------------------------
     analytics_enabled: bool = True
     snapshot_interval_s: float = Field(10.0, gt=0, description="leaderboard snapshot period")

@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from schemas.events import Interaction, Kind, Recommendation
+from schemas.events import GamificationEvent, Interaction, Kind, Recommendation
 from streams.client import EventProducer, RecordConsumer
 from streams.settings import Settings
-from streams.simulator import Session, World
-from streams.topics import RECOMMENDATIONS
+from streams.simulator import Listener, Returns, Session, World
+from streams.topics import GAMIFICATION, RECOMMENDATIONS
 
 SIM_START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 
@@ -57,6 +57,7 @@ class LoopStats:
     propensity_ok: bool = True
     request_ids: set[uuid.UUID] = field(default_factory=set)
     wall_s: float = 0.0
+    active_by_day: list[int] = field(default_factory=list)  # with returns: listeners with a session, per day
 
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -81,9 +82,16 @@ class ClosedLoop:
         seed: int = 0,
         request_timeout_s: float = 30.0,
         rate: float = 0.0,
+        returns: Returns | None = None,
+        days: int = 0,
     ) -> None:
         """``rate`` > 0 paces the listeners to at most that many events/s (an open-loop offered
-        load the worker can be asked to sustain); 0 lets them go as fast as slates come back."""
+        load the worker can be asked to sustain); 0 lets them go as fast as slates come back.
+
+        With ``returns`` the loop runs ``days`` simulated days: every listener has a session on
+        day 0; a listener with a session on day d comes back on day d + 1 with the probability
+        ``returns`` gives for what they experienced (their completion share, and whether the
+        gamification topic told them they earned karma); one who does not is gone."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.settings = settings
@@ -104,9 +112,14 @@ class ClosedLoop:
         self._in_flight: dict[str, _InFlight] = {}
         self._sim_clock = SIM_START
         self.producer = EventProducer(settings)
+        self.returns, self.days = returns, days
+        self._day = 0
+        self._today: deque[Listener] = deque(self._idle) if returns else deque()
+        self._visited: dict[str, tuple[Listener, int, int]] = {}  # user -> (listener, completions, plays) today
+        self._karma: set[str] = set()  # listeners told they earned karma today
+        topics = [RECOMMENDATIONS.name, GAMIFICATION.name] if returns else [RECOMMENDATIONS.name]
         self.consumer = RecordConsumer(
-            settings, [RECOMMENDATIONS.name], group_id=f"encore-sim-{uuid.uuid4().hex[:8]}",
-            from_beginning=False,
+            settings, topics, group_id=f"encore-sim-{uuid.uuid4().hex[:8]}", from_beginning=False,
         )
 
     def run(self, seconds: float, on_tick: object | None = None, max_events: int | None = None) -> LoopStats:
@@ -114,8 +127,12 @@ class ClosedLoop:
         self.consumer.wait_assigned()
         start = self._started = time.monotonic()
         deadline = start + seconds
+        if self.returns:
+            self.stats.active_by_day.append(len(self._today))
         while time.monotonic() < deadline and (max_events is None or self.stats.events < max_events):
             self._release()
+            if self.returns and not self._today and not self._in_flight and not self._ready and not self._next_day():
+                break
             if not self._ready:
                 self._fill()
             self._pump()
@@ -140,7 +157,42 @@ class ClosedLoop:
         self.consumer.close()
 
     # --- internals ----------------------------------------------------------------------
+    def _next_day(self) -> bool:
+        """End of a simulated day: who comes back tomorrow? False when the run is over."""
+        quiet_until = time.monotonic() + 3.0  # the worker's karma for today's last events arrives
+        while time.monotonic() < quiet_until:
+            if self._pump_karma():
+                quiet_until = max(quiet_until, time.monotonic() + 1.0)
+        back = [listener for listener, done, played in self._visited.values()
+                if self.rng.random() < self.returns.probability(done / played if played else 0.0,  # type: ignore[union-attr]
+                                                                 listener.user_id in self._karma)]
+        self._visited, self._karma = {}, set()
+        self._day += 1
+        if self._day >= self.days or not back:
+            return False
+        self.rng.shuffle(back)
+        self._today = deque(back)
+        self.stats.active_by_day.append(len(back))
+        return True
+
+    def _pump_karma(self) -> int:
+        n = 0
+        for msg in self.consumer.poll_decoded(timeout=0.1, max_messages=1000):
+            if isinstance(msg.value, GamificationEvent) and msg.value.karma_delta > 0:
+                self._karma.add(msg.value.user_id)
+                n += 1
+        return n
+
     def _fill(self) -> None:
+        if self.returns:  # today's listeners, at random times of the simulated day
+            while len(self._in_flight) < self.concurrency and self._today:
+                listener = self._today.popleft()
+                at = SIM_START + timedelta(days=self._day, seconds=self.rng.uniform(3600, 82800))
+                session = self.world.start_session(listener, at)
+                self.stats.sessions += 1
+                self._visited[listener.user_id] = (listener, 0, 0)
+                self._request(session, [])
+            return
         declined = 0
         while len(self._in_flight) < self.concurrency and declined < len(self._idle):
             listener = self._idle.popleft()
@@ -184,6 +236,10 @@ class ClosedLoop:
         self.producer.poll(0)
         for msg in self.consumer.poll_decoded(timeout=0.02, max_messages=1000):
             rec = msg.value
+            if isinstance(rec, GamificationEvent):
+                if rec.karma_delta > 0:
+                    self._karma.add(rec.user_id)
+                continue
             flight = self._in_flight.get(msg.key or "")
             if (not isinstance(rec, Recommendation) or flight is None or flight.request is None
                     or rec.request_id != flight.request.event_id):
@@ -210,10 +266,15 @@ class ClosedLoop:
         stats.skips += session.skips - before[3]
         stats.completed_tracks.update(e.track_id for e in events if e.kind == Kind.PLAY_END)
         user = session.listener.user_id
+        if user in self._visited:  # the day's experience, for tomorrow's return
+            listener, done, played = self._visited[user]
+            self._visited[user] = (listener, done + session.completions - before[2],
+                                   played + session.completions - before[2] + session.skips - before[3])
         if session.active and continue_sessions:
             self._request(session, events)
         else:
             del self._in_flight[user]
             self.producer.send_many(events)
             stats.events += len(events)
-            self._idle.append(session.listener)
+            if not self.returns:
+                self._idle.append(session.listener)

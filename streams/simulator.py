@@ -101,6 +101,24 @@ class Listener:
     sessions: int = 0
 
 
+@dataclass(frozen=True)
+class Returns:
+    """Whether a listener comes back the next day, from what they experienced (experiments'
+    retention ground truth). After a day with a session, the probability of a session the next
+    day is ``base + per_satisfaction × (completion share − 0.5) + gamification_lift × (earned
+    karma that day)``, clipped to [0.02, 0.98]; a listener who does not come back is gone.
+    ``gamification_lift`` is the true effect of gamification the experiment should find; a
+    better policy raises the completion share, hence returns, by itself."""
+
+    base: float = 0.5
+    per_satisfaction: float = 0.6
+    gamification_lift: float = 0.0
+
+    def probability(self, completion_share: float, earned_karma: bool) -> float:
+        p = self.base + self.per_satisfaction * (completion_share - 0.5) + self.gamification_lift * earned_karma
+        return float(min(0.98, max(0.02, p)))
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 

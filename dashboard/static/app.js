@@ -128,6 +128,53 @@ async function listenerView() {
   await run(jobs);
 }
 
+function pct(x) { return x === null || x === undefined || Number.isNaN(x) ? "-" : (x >= 0 ? "+" : "") + (100 * x).toFixed(1) + "%"; }
+function num(x, d = 3) { return x === null || x === undefined || Number.isNaN(x) ? "-" : Number(x).toPrecision(d); }
+
+async function experimentsView() {
+  const seen = await get("experiments");
+  const names = [...new Set(seen.map(r => r.experiment))];
+  const name = params.get("name") || names[0];
+  const pick = document.createElement("section");
+  pick.innerHTML = `<h2>Experiment ${name || "-"}</h2><p>${names.map(n => `<a href="?name=${encodeURIComponent(n)}">${n}</a>`).join(" · ") ||
+    "no experiment has exposed anyone yet: start one (python -m experiments start NAME)"}</p>`;
+  main.appendChild(pick);
+  if (!name) return finish();
+  const a = await get("experiment", { name });
+  const jobs = [
+    ["Allocation and verdict", "allocation", async el => {
+      const arms = Object.entries(a.arms).map(([k, v]) => `<div class="stat"><b>${v}</b>${k}${k === a.control ? " (control)" : ""}</div>`).join("");
+      el.innerHTML = `<div class="card">${arms}</div>
+        <p class="${a.srm.mismatch ? "error" : ""}">Sample-ratio check: chi-square p = ${num(a.srm.p_value)} —
+        ${a.srm.mismatch ? "MISMATCH: the split is not as configured; do not read the results" : "the split is as configured"}</p>
+        <pre class="verdict">${a.verdict}</pre>`;
+      el.dataset.points = Object.keys(a.arms).length;
+    }, "profile"],
+    ["Metrics (fixed horizon; p adjusted with Holm)", "metrics", async el => {
+      const rows = a.results.map(r => `<tr class="${(r.p_adjusted ?? r.p_value) < a.alpha ? "me" : ""}"><td>${r.arm}</td><td>${r.metric}</td><td>${r.test}</td>
+        <td>${num(r.control)}</td><td>${num(r.treatment)}</td><td>${pct(r.lift)}</td><td>[${pct(r.lift_low)}, ${pct(r.lift_high)}]</td>
+        <td>${num(r.p_value)}</td><td>${num(r.p_adjusted)}</td></tr>`).join("");
+      const seq = a.sequential.map(r => `<tr><td>${r.arm}</td><td>${r.metric}</td><td>[${pct(r.lift_low)}, ${pct(r.lift_high)}]</td><td>${num(r.p_value)}</td></tr>`).join("");
+      el.innerHTML = `<table class="results"><tr><th>arm</th><th>metric</th><th>test</th><th>${a.control}</th><th>treatment</th><th>lift</th><th>95% CI</th><th>p</th><th>p adj.</th></tr>${rows}</table>
+        <h3>Always valid (mSPRT): safe to read at any time</h3><table class="results"><tr><th>arm</th><th>metric</th><th>lift CI</th><th>p</th></tr>${seq}</table>`;
+      el.dataset.points = a.results.length;
+    }, "profile"],
+    ["Retention (Kaplan–Meier, days since exposure)", "retention", async el => {
+      const traces = [];
+      const drawn = new Set();
+      for (const s of Object.values(a.survival)) {
+        for (const [arm, c] of Object.entries(s.curves)) {
+          if (drawn.has(arm)) continue;
+          drawn.add(arm);
+          traces.push({ type: "scatter", mode: "lines", line: { shape: "hv" }, name: arm, x: c.timeline, y: c.survival });
+        }
+      }
+      plot(el, traces, { xaxis: { title: "days since first exposure" }, yaxis: { title: "still active", range: [0, 1.02] } });
+    }],
+  ];
+  await run(jobs);
+}
+
 async function run(jobs) {
   await Promise.all(jobs.map(async ([title, id, draw, cls]) => {
     const el = section(title, id, cls === "profile" ? "profile" : "chart");
@@ -138,4 +185,4 @@ async function run(jobs) {
 
 function finish() { document.body.dataset.ready = "1"; }
 
-(document.body.dataset.view === "listener" ? listenerView : opsView)();
+({ listener: listenerView, experiments: experimentsView }[document.body.dataset.view] || opsView)();

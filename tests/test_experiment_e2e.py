@@ -1,0 +1,103 @@
+"""An experiment end to end on the real stack: simulated listeners (who come back on later days
+with a probability set by what they experienced) against a real worker, through the broker,
+Redis and ClickHouse; the report must find the true effect of gamification on returns, and an
+A/A experiment running beside it must find nothing. Then the experiment page in Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from agents.worker import load_catalogue
+from experiments.config import load_experiments
+from experiments.control import ControlStore
+from streams.simloop import ClosedLoop
+from streams.simulator import Returns, World
+from tests.faults.harness import Run, knob
+from tests.test_dashboard import browser, load  # noqa: F401 (the browser fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+LISTENERS = int(knob("EXP_LISTENERS", 2000, 600))
+LIFT = 0.35  # true effect: +35 points of next-day return for a listener who earned karma that day
+
+DECLARED = """
+[[experiment]]
+name = "aa"
+salt = "aa-salt"
+traffic = 0.5
+primary = "returned_d1"
+[[experiment.arm]]
+name = "a"
+[[experiment.arm]]
+name = "b"
+
+[[experiment]]
+name = "gamification"
+salt = "g-salt"
+primary = "returned_d1"
+[[experiment.arm]]
+name = "control"
+gamification = false
+[[experiment.arm]]
+name = "gamified"
+gamification = true
+"""
+
+
+def events_processed(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(r"^encore_events_total(?:{[^}]*})? (\S+)$", text, re.M))
+
+
+def report(url: str, name: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(f"{url}/api/dashboard/experiment?name={name}", timeout=120) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.timeout(900)
+def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_path: Path, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    declared = tmp_path / "experiments.toml"
+    declared.write_text(DECLARED)
+    run = Run(stack, tmp_path, experiments_file=declared, control_poll_s=0.5)
+    control = ControlStore(redis.Redis.from_url(run.settings.redis_url), run.tag)
+    for name in ("aa", "gamification"):
+        control.set_status(load_experiments(declared), name, "running")
+    url = run.start("w")
+    world = World(load_catalogue(run.settings.catalogue), n_listeners=LISTENERS, seed=5, run_id=run.tag, communities=8)
+    loop = ClosedLoop(run.settings, world, concurrency=200, seed=5, returns=Returns(0.4, gamification_lift=LIFT), days=3)
+    try:
+        stats = loop.run(600)
+    finally:
+        loop.close()
+    assert stats.timed_out == 0 and len(stats.active_by_day) == 3, stats.active_by_day
+    deadline = time.monotonic() + 120
+    while events_processed(url) < stats.events:
+        assert time.monotonic() < deadline, "the worker did not process every event"
+        time.sleep(0.5)
+    time.sleep(3)  # the last batch's rows reach ClickHouse at its checkpoint
+
+    g = report(url, "gamification")
+    assert not g["srm"]["mismatch"] and sum(g["arms"].values()) > LISTENERS * 0.4
+    d1 = next(r for r in g["results"] if r["metric"] == "returned_d1")
+    assert d1["arm"] == "gamified" and d1["lift"] > 0 and d1["p_adjusted"] < 0.01, d1
+    assert "gamified raises returned_d1" in g["verdict"]
+    assert g["survival"]["gamified"]["logrank"]["p_value"] < 0.05  # retention curves part too
+    aa = report(url, "aa")
+    assert not aa["srm"]["mismatch"]
+    aa_d1 = next(r for r in aa["results"] if r["metric"] == "returned_d1")
+    assert aa_d1["p_value"] > 0.001, aa_d1  # A/A: nothing (a false alarm at this level: 1 in 1,000)
+    print(f"\nexperiment e2e: {LISTENERS} listeners, days {stats.active_by_day}; gamified D1 lift "
+          f"{d1['lift']:+.1%} (p {d1['p_value']:.2g}); A/A D1 lift {aa_d1['lift']:+.1%} (p {aa_d1['p_value']:.2g})")
+
+    points = {row[0]: row for row in load(browser, f"{url}/dashboard/experiments?name=gamification")}
+    assert not any(row[2] for row in points.values()), points  # no chart reported an error
+    assert points["retention"][1] > 0 and points["metrics"][1] >= 5 and points["allocation"][1] == 2
+    logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not logs, logs
