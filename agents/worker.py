@@ -125,10 +125,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     def make_lane(lane: Lane) -> Recommender:
         """A recommender for one lane: the default, or an experiment arm / flag with its own learner."""
         name = lane.policy or settings.policy
-        params = {"temperature": settings.popularity_temperature} if name == "popularity" else {}
+        params: dict[str, Any] = {"temperature": settings.popularity_temperature} if name == "popularity" else {
+            "profile_tracks": settings.profile_tracks, "sessions_kept": settings.sessions_kept}
         lane_policy = make_policy(name, catalogue, rules=rules, n_candidates=settings.n_candidates,  # type: ignore[arg-type]
                                   **{**params, **dict(lane.params)})
-        join = RewardJoin(replace(mapping, **dict(lane.rewards)), window_s=settings.reward_window_s)
+        join = RewardJoin(replace(mapping, **dict(lane.rewards)), window_s=settings.reward_window_s,
+                          remember_closed=max(10_000, settings.dedupe_window // 5))
         return Recommender(catalogue, lane_policy, slate_size=settings.slate_size, dedupe_window=settings.dedupe_window,
                            join=join, lane=lane.key,
                            experiment_arm=f"{lane.experiment}/{lane.arm}" if lane.experiment else None)

@@ -28,6 +28,7 @@ import pickle
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -102,10 +103,24 @@ class Candidates:
         return len(self.idx)
 
 
+def _forget(shown: dict[int, float], others: tuple[dict[int, Any], ...], cap: int) -> None:
+    """Keep the ``3/4 cap`` most shown keys of ``shown`` (and drop the rest from ``others``):
+    amortised O(1) per insert, since the next prune is a quarter of ``cap`` inserts away."""
+    keep = set(sorted(shown, key=shown.__getitem__, reverse=True)[: cap * 3 // 4])
+    for key in [k for k in shown if k not in keep]:
+        del shown[key]
+        for d in others:
+            d.pop(key, None)
+
+
 class CandidateGenerator:
     def __init__(self, catalogue: Catalogue, *, n_candidates: int = 200,
                  quotas: dict[str, float] | None = None, gem_quantile: float = 0.3,
-                 popularity: ContextPopularity | None = None, co_window: int = 5) -> None:
+                 popularity: ContextPopularity | None = None, co_window: int = 5,
+                 max_tracks: int = 500, max_artists: int = 200) -> None:
+        """``max_tracks`` / ``max_artists``: per listener, the tracks and artists whose counts are
+        kept; past it the least shown quarter is forgotten, so a listener's state is bounded
+        whatever the catalogue size and the listening history (memory, see docs/operations.md)."""
         if n_candidates < 1:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
         if not 0 < gem_quantile < 1:
@@ -120,6 +135,9 @@ class CandidateGenerator:
         self.n_candidates = min(n_candidates, len(catalogue))
         self.popularity = popularity or ContextPopularity(catalogue)
         self.co_window = co_window
+        if max_tracks < 4 or max_artists < 4:
+            raise ValueError(f"max_tracks and max_artists must be >= 4, got {max_tracks}, {max_artists}")
+        self.max_tracks, self.max_artists = max_tracks, max_artists
         artists = sorted(set(catalogue.artist_ids))
         self.artists = tuple(artists)
         apos = {a: i for i, a in enumerate(artists)}
@@ -158,6 +176,10 @@ class CandidateGenerator:
             prof.track_shown[track_idx] = prof.track_shown.get(track_idx, 0.0) + 1
             prof.genre_shown[g] += 1
             prof.artist_shown[a] = prof.artist_shown.get(a, 0.0) + 1
+            if len(prof.track_shown) > self.max_tracks:
+                _forget(prof.track_shown, (prof.track_pos,), self.max_tracks)
+            if len(prof.artist_shown) > self.max_artists:
+                _forget(prof.artist_shown, (prof.artist_pos, prof.artist_res), self.max_artists)
             return
         w = POSITIVE.get(kind, 0.0)
         if kind == "rating" and rating is not None:

@@ -126,15 +126,17 @@ class HybridPolicy:
 
     def __init__(self, catalogue: Catalogue, ranker: LinearBandit | SessionDQN, *,
                  rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True,
-                 layer_bonus: float = 0.5, for_you: bool = True, layer_l2: float = 1.0) -> None:
+                 layer_bonus: float = 0.5, for_you: bool = True, layer_l2: float = 1.0,
+                 profile_tracks: int = 500, profile_artists: int = 200, sessions_kept: int = 100_000) -> None:
         if layer_bonus < 0:
             raise ValueError(f"layer_bonus must be >= 0, got {layer_bonus}")
         self.catalogue = catalogue
         self.ranker = ranker
         self.rules = rules or SlateRules()
-        self.gen = CandidateGenerator(catalogue, n_candidates=n_candidates)
+        self.gen = CandidateGenerator(catalogue, n_candidates=n_candidates, max_tracks=profile_tracks,
+                                      max_artists=profile_artists)
         self.scorer = LinearScorer(self.gen)
-        self.sessions = _Sessions()
+        self.sessions = _Sessions(capacity=sessions_kept)
         self.listener_layer = listener_layer
         self.layer_bonus = layer_bonus
         self.for_you = for_you
@@ -248,8 +250,10 @@ def _allowed(n: int, exclude: np.ndarray | None) -> np.ndarray:
 def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0, rules: SlateRules | None = None,
                 n_candidates: int = 200, **params: Any) -> RandomPolicy | HybridPolicy:
     """A serving policy by name (see POLICIES); ``params`` go to the ranker's constructor, except
-    the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer`` and ``for_you``."""
-    hybrid = {k: params.pop(k) for k in ("layer_bonus", "layer_l2", "listener_layer", "for_you") if k in params}
+    the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer``, ``for_you`` and the
+    memory bounds ``profile_tracks`` / ``profile_artists`` / ``sessions_kept`` (hybrid policies)."""
+    hybrid = {k: params.pop(k) for k in ("layer_bonus", "layer_l2", "listener_layer", "for_you", "profile_tracks",
+                                         "profile_artists", "sessions_kept") if k in params}
     if name == "random":
         return RandomPolicy(catalogue, rules)
     if name == "popularity":

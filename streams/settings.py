@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     catalogue: str = Field("synthetic:7:2000", description="'synthetic:SEED:N' or a JSONL path")
     popularity_temperature: float = Field(1.0, gt=0)
     dedupe_window: int = Field(1_000_000, ge=1, description="event ids remembered per worker")
+    profile_tracks: int = Field(500, ge=4, description="tracks whose counts are kept per listener (the least "
+                                "shown are forgotten past it)")
+    sessions_kept: int = Field(100_000, ge=1, description="session states kept by the session-aware policies")
     slate_ttl_s: float = Field(3600.0, gt=0, description="a published slate is kept this long under its rec_id, "
                                "so a redelivered request gets it again (must outlast any redelivery)")
 

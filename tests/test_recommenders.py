@@ -257,3 +257,21 @@ def test_ceiling_bench_learner_told_the_truth_matches_the_oracle() -> None:
     rand = run("random", events=4000, n_listeners=20, n_tracks=400, progress=False)
     assert rand.reward[-1] / rand.impressions[-1] < learned.reward[-1] / learned.impressions[-1]
     assert learned.reward[-1] < learned.oracle[-1]
+
+
+def test_a_listeners_state_is_bounded_and_keeps_what_they_heard_most() -> None:
+    cat = synthetic_catalogue(7, 300)
+    gen = CandidateGenerator(cat, n_candidates=20, max_tracks=20, max_artists=8)
+    ctx = ListeningContext("relax", 20, 2, "mobile")
+    for _ in range(5):  # track 0 and 1 heard often and finished
+        for t in (0, 1):
+            gen.observe("ann", "s1", "play_start", t, ctx)
+            gen.observe("ann", "s1", "play_end", t, ctx)
+    for t in range(2, 300):  # then the whole catalogue once each
+        gen.observe("ann", "s1", "play_start", t, ctx)
+    prof = gen.profiles["ann"]
+    assert len(prof.track_shown) <= 20 and set(prof.track_pos) <= set(prof.track_shown)
+    assert {0, 1} <= set(prof.track_shown) and prof.track_pos[0] == 5
+    assert len(prof.artist_shown) <= 8
+    with pytest.raises(ValueError, match="max_tracks"):
+        CandidateGenerator(cat, max_tracks=2)

@@ -2,10 +2,13 @@
 and lag sampled every few seconds: memory flat, lag not growing, every store equal to a clean run
 of the same records. (`make test-faults`; ENCORE_SOAK_S and ENCORE_SOAK_RATE (events/s) scale it.)
 
-Two settings differ from the defaults, for reasons outside the worker:
-- the event-id window is 150k ids (default 1M), so it fills within the first half: a window
-  that fills is bounded memory (80 bytes per id), not a leak, and at 1,200 events/s the default
-  takes 14 minutes to fill, which would read as growth through the whole run;
+Some settings differ from the defaults, for reasons outside the worker:
+- the worker's bounded memories are set small so that they fill within the first half: the
+  event-id window (150k ids, default 1M; closed rec_ids follow at a fifth of it), tracks kept
+  per listener (40, default 500) and session states (5k, default 100k). A memory that fills to
+  its bound is not a leak, but at 1,200 events/s the defaults take 15 minutes to hours to fill,
+  which would read as growth through a 10-minute run (measured per structure with tracemalloc:
+  docs/operations.md, "Keys and memory");
 - the fetch wait is 50 ms (default 5 ms): with 5 ms, the local broker (tansu) saturates a core
   after ~5 minutes and serves nothing (docs/operations.md, "The local broker under a long soak").
 """
@@ -40,7 +43,7 @@ def test_soak_memory_flat_and_lag_not_growing(stack, tmp_path) -> None:  # type:
     records = generate(int(SOAK_S * RATE), seed=41, n_listeners=3000 if not QUICK else 300)
     clean = clean_run(stack, tmp_path / "clean", records)
     run = Run(stack, tmp_path / "soak")
-    run.start("w", dedupe_window=150_000, fetch_max_wait_ms=50)
+    run.start("w", dedupe_window=150_000, profile_tracks=40, sessions_kept=5_000, fetch_max_wait_ms=50)
     run.produce(records, rate=len(records) / SOAK_S)
     started, samples, dumped = time.monotonic(), [], False
     while run.producing is not None and run.producing.is_alive():
