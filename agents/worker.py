@@ -203,6 +203,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         queue: asyncio.Queue[tuple[list[Any], Outputs, list[Any], datetime, float]] = \
             asyncio.Queue(maxsize=settings.batches_in_flight)
         writer = asyncio.create_task(write_batches(stream, queue), name="encore-writer")
+        writer.add_done_callback(writer_died)
         try:
             async for batch in durable_batches(stream, settings.take_max, settings.take_within_s):
                 started = time.perf_counter()
@@ -221,6 +222,15 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 await queue.put((batch, out, pending, now, started))  # waits while the writer is behind
         finally:
             writer.cancel()
+
+    def writer_died(task: asyncio.Task[None]) -> None:
+        """A bug killed the writer: say so, and be visibly stalled (readiness false, the alert)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("the writer task died (%r): nothing more is delivered or acknowledged; restart the worker",
+                  task.exception(), extra={"step": "deliver"})
+        delivery.stalled_since = delivery.stalled_since or time.monotonic()
+        metrics.stalled.set(1)
 
     async def write_batches(stream: faust.StreamT, queue: asyncio.Queue[Any]) -> None:
         """The batches' durable writes in order: each batch is applied (Redis) as it comes; every
@@ -246,7 +256,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 for batch, out, _, report, started in done:
                     for event in batch:
                         await stream.ack(event)
-                    observe(out, report, len(batch), time.perf_counter() - started)
+                    try:
+                        observe(out, report, len(batch), time.perf_counter() - started)
+                    except Exception:  # metrics are not worth a stalled stream; a bug here is logged
+                        metrics.step_failures.labels("observe").inc()
+                        log.exception("batch metrics failed; the batch is delivered and acknowledged",
+                                      extra={"step": "observe"})
                 done, last = [], time.monotonic()
 
     async def retried(step: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -300,7 +315,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         feedback = Counter("completed" if e.kind == Kind.PLAY_END else "skipped" for e in out.events
                            if e.rec_id is not None and e.kind in (Kind.PLAY_END, Kind.SKIP))
         for outcome, n in feedback.items():
-            metrics.feedback.labels(recommender.policy.policy_id, outcome).inc(n)
+            metrics.feedback.labels(policy.policy_id, outcome).inc(n)
         metrics.records.inc(n_records)
         metrics.duplicates.inc(out.duplicates)
         metrics.batch.observe(n_records)
