@@ -83,10 +83,11 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
             raise ValueError("this view needs ?name=<experiment>")
         primary, weights = declared(name)
         try:
-            mde = float(p.get("mde", 0.05))
+            mde, churn_days = float(p.get("mde", 0.05)), float(p.get("churn_days", 3))
         except ValueError:
-            raise ValueError("mde must be a number (a relative lift, e.g. 0.05)") from None
-        return analyse(q, name, primary=p.get("primary") or primary, mde=mde, weights=weights).as_dict()
+            raise ValueError("mde (a relative lift, e.g. 0.05) and churn_days must be numbers") from None
+        return analyse(q, name, primary=p.get("primary") or primary, mde=mde, weights=weights,
+                       churn_days=churn_days).as_dict()
 
     def int_param(p: dict[str, str], name: str, default: int, high: int) -> int:
         try:

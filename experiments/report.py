@@ -11,7 +11,8 @@ what they did from that moment (``events``):
 - ``returned_d1`` / ``returned_d7``: active on a calendar day (UTC) at least 1 / 7 days after the
   day of exposure (listeners exposed less than 1 / 7 days before the newest data are left out);
 - ``days_active`` (retention): days from exposure to the last activity, churn observed when the
-  listener has been silent for ``--churn-days`` (3) before the newest data, censored otherwise;
+  listener has been silent for ``--churn-days`` (3; use 1 for a simulation of a few days) before
+  the newest data, censored otherwise;
 - ``minutes_before``: minutes in the 7 days before exposure, the CUPED covariate.
 
 With a chDB store (one process only), the report asks the worker that owns it
@@ -51,24 +52,25 @@ def listener_frame(q: Query, experiment: str, churn_days: float = 3.0) -> pd.Dat
     """One row per exposed listener: arm, first exposure, and the outcomes above."""
     rows = q("""
         WITH exposed AS (
-            SELECT user_id, argMin(arm, exposed_at) AS arm, min(exposed_at) AS exposed_at
+            SELECT user_id, argMin(arm, exposed_at) AS first_arm, min(exposed_at) AS first_exposed
             FROM experiment_exposures FINAL WHERE experiment = {exp:String} GROUP BY user_id
-        ),
-        newest AS (SELECT max(occurred_at) AS t FROM events)
-        SELECT x.user_id AS user_id, x.arm AS arm, x.exposed_at AS exposed_at,
-            sumIf(e.listened_ms, e.occurred_at >= x.exposed_at AND e.kind IN ('play_end', 'skip')) / 60000 AS minutes,
-            uniqExactIf(e.session_id, e.occurred_at >= x.exposed_at) AS sessions,
-            countIf(e.occurred_at >= x.exposed_at AND e.kind IN ('play_end', 'skip')) AS plays,
-            countIf(e.occurred_at >= x.exposed_at AND e.kind = 'skip') AS skips,
-            countIf(e.occurred_at >= x.exposed_at AND e.kind = 'like') AS likes,
-            countIf(e.occurred_at >= x.exposed_at AND e.kind = 'play_end') AS completions,
-            maxIf(e.occurred_at, e.occurred_at >= x.exposed_at) AS last_seen,
-            sumIf(e.listened_ms, e.occurred_at < x.exposed_at AND e.occurred_at >= x.exposed_at - INTERVAL 7 DAY
-                  AND e.kind IN ('play_end', 'skip')) / 60000 AS minutes_before,
-            (SELECT t FROM newest) AS newest
+        )
+        SELECT x.user_id AS user_id, any(x.first_arm) AS arm, any(x.first_exposed) AS exposed_at,
+            sumIf(e.listened_ms, e.occurred_at >= x.first_exposed AND e.kind IN ('play_end', 'skip')) / 60000
+                AS minutes,
+            uniqExactIf(e.session_id, e.occurred_at >= x.first_exposed) AS sessions,
+            countIf(e.occurred_at >= x.first_exposed AND e.kind IN ('play_end', 'skip')) AS plays,
+            countIf(e.occurred_at >= x.first_exposed AND e.kind = 'skip') AS skips,
+            countIf(e.occurred_at >= x.first_exposed AND e.kind = 'like') AS likes,
+            countIf(e.occurred_at >= x.first_exposed AND e.kind = 'play_end') AS completions,
+            maxIf(e.occurred_at, e.occurred_at >= x.first_exposed) AS last_seen,
+            sumIf(e.listened_ms, e.occurred_at < x.first_exposed
+                  AND e.occurred_at >= x.first_exposed - INTERVAL 7 DAY AND e.kind IN ('play_end', 'skip')) / 60000
+                AS minutes_before,
+            (SELECT max(occurred_at) FROM events) AS newest
         FROM exposed AS x LEFT JOIN (SELECT * FROM events FINAL) AS e ON e.user_id = x.user_id
-        GROUP BY x.user_id, x.arm, x.exposed_at
-        ORDER BY x.exposed_at, x.user_id
+        GROUP BY x.user_id
+        ORDER BY exposed_at, user_id
     """, {"exp": experiment})
     df = pd.DataFrame(rows)
     if df.empty:
@@ -142,8 +144,8 @@ def plot_retention(result: dict[str, Any], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def from_worker(url: str, name: str, primary: str | None, mde: float) -> dict[str, Any]:
-    q = f"{url.rstrip('/')}/api/dashboard/experiment?name={urllib.parse.quote(name)}&mde={mde}"
+def from_worker(url: str, name: str, primary: str | None, mde: float, churn_days: float) -> dict[str, Any]:
+    q = f"{url.rstrip('/')}/api/dashboard/experiment?name={urllib.parse.quote(name)}&mde={mde}&churn_days={churn_days}"
     if primary:
         q += f"&primary={urllib.parse.quote(primary)}"
     with urllib.request.urlopen(q, timeout=120) as r:  # noqa: S310 (our own worker)
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, help="save the retention curves here (PNG)")
     ap.add_argument("--mde", type=float, default=0.05)
     ap.add_argument("--primary", help="primary metric (default: the declared one)")
+    ap.add_argument("--churn-days", type=float, default=3.0, help="silent this long before the newest data = churned")
     ap.add_argument("--worker", help="a worker's base URL (default: http://127.0.0.1:ENCORE_WEB_PORT for chDB)")
     args = ap.parse_args(argv)
     settings = load_settings()
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.clickhouse_dsn.startswith("chdb") or args.worker:
             url = args.worker or f"http://127.0.0.1:{settings.web_port}"
             try:
-                result = from_worker(url, args.name, primary, args.mde)
+                result = from_worker(url, args.name, primary, args.mde, args.churn_days)
             except urllib.error.HTTPError as exc:
                 print(f"error: {json.loads(exc.read()).get('error', exc)}", file=sys.stderr)
                 return 2
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             from sinks.clickhouse import ClickHouseStore
 
             analysis = analyse(ClickHouseStore(settings.clickhouse_dsn).query, args.name, primary=primary,
-                               mde=args.mde, weights=weights)
+                               mde=args.mde, weights=weights, churn_days=args.churn_days)
             result = json.loads(json.dumps(analysis.as_dict(), default=float))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

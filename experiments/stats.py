@@ -138,9 +138,10 @@ def ratio_metric(metric: str, num_c: np.ndarray, den_c: np.ndarray, num_t: np.nd
     units, not from a binomial over plays."""
     rc, vc = _ratio_mean_var(np.asarray(num_c, float), np.asarray(den_c, float))
     rt, vt = _ratio_mean_var(np.asarray(num_t, float), np.asarray(den_t, float))
-    z = (rt - rc) / np.sqrt(vc + vt)
+    se = np.sqrt(vc + vt)
+    p = float(2 * stats.norm.sf(abs(rt - rc) / se)) if se > 0 else (1.0 if rt == rc else 0.0)
     lift, lo, hi = ratio_lift(rc, vc, rt, vt, alpha)
-    return Comparison(metric, "delta-method ratio", rc, rt, lift, lo, hi, float(2 * stats.norm.sf(abs(z))),
+    return Comparison(metric, "delta-method ratio", rc, rt, lift, lo, hi, p,
                       len(num_c), len(num_t), extra={"difference": rt - rc})
 
 

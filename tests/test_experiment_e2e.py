@@ -57,7 +57,7 @@ def events_processed(url: str) -> float:
 
 
 def report(url: str, name: str) -> dict:  # type: ignore[type-arg]
-    with urllib.request.urlopen(f"{url}/api/dashboard/experiment?name={name}", timeout=120) as r:
+    with urllib.request.urlopen(f"{url}/api/dashboard/experiment?name={name}&churn_days=1", timeout=120) as r:
         return json.loads(r.read())
 
 
