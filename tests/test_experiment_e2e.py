@@ -1,12 +1,15 @@
 """An experiment end to end on the real stack: simulated listeners (who come back on later days
 with a probability set by what they experienced) against a real worker, through the broker,
 Redis and ClickHouse; the report must find the true effect of gamification on returns, and an
-A/A experiment running beside it must find nothing. Then the experiment page in Chromium."""
+A/A experiment running beside it must find nothing. Then the report CLI (through the worker),
+the kill switch reaching the worker within seconds, and the experiment page in Chromium."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 import redis
 
 from agents.worker import load_catalogue
+from experiments import stats as S
 from experiments.config import load_experiments
 from experiments.control import ControlStore
 from streams.simloop import ClosedLoop
@@ -50,10 +54,10 @@ gamification = true
 """
 
 
-def events_processed(url: str) -> float:
+def metric(url: str, name: str) -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         text = r.read().decode()
-    return sum(float(v) for v in re.findall(r"^encore_events_total(?:{[^}]*})? (\S+)$", text, re.M))
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def report(url: str, name: str) -> dict:  # type: ignore[type-arg]
@@ -78,7 +82,7 @@ def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_p
         loop.close()
     assert stats.timed_out == 0 and len(stats.active_by_day) == 3, stats.active_by_day
     deadline = time.monotonic() + 120
-    while events_processed(url) < stats.events:
+    while metric(url, "encore_events_total") < stats.events:
         assert time.monotonic() < deadline, "the worker did not process every event"
         time.sleep(0.5)
     time.sleep(3)  # the last batch's rows reach ClickHouse at its checkpoint
@@ -93,8 +97,23 @@ def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_p
     assert not aa["srm"]["mismatch"]
     aa_d1 = next(r for r in aa["results"] if r["metric"] == "returned_d1")
     assert aa_d1["p_value"] > 0.001, aa_d1  # A/A: nothing (a false alarm at this level: 1 in 1,000)
-    print(f"\nexperiment e2e: {LISTENERS} listeners, days {stats.active_by_day}; gamified D1 lift "
-          f"{d1['lift']:+.1%} (p {d1['p_value']:.2g}); A/A D1 lift {aa_d1['lift']:+.1%} (p {aa_d1['p_value']:.2g})")
+    power = S.power_proportions(d1["control"], d1["lift"], alpha=0.05, n=min(d1["n_control"], d1["n_treatment"]))
+    print(f"\nexperiment e2e: {LISTENERS} listeners, days {stats.active_by_day}; gamification arms "
+          f"{g['arms']}: D1 {d1['control']:.3f} -> {d1['treatment']:.3f}, lift {d1['lift']:+.1%} "
+          f"(p {d1['p_value']:.2g}, power for this effect at these sizes {power:.3f}); "
+          f"A/A D1 lift {aa_d1['lift']:+.1%} (p {aa_d1['p_value']:.2g})")
+
+    out = subprocess.run([sys.executable, "-W", "ignore", "-m", "experiments.report", "gamification", "--worker", url,
+                          "--churn-days", "1", "--plot", str(tmp_path / "retention.png")],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "gamified raises returned_d1" in out.stdout and (tmp_path / "retention.png").stat().st_size > 10_000
+
+    control.set_flag("gamification", killed=True)  # the kill switch reaches the worker within seconds
+    deadline = time.monotonic() + 10
+    while metric(url, "encore_control_version") != 3:
+        assert time.monotonic() < deadline, "the worker did not apply the control change within 10 s"
+        time.sleep(0.2)
 
     points = {row[0]: row for row in load(browser, f"{url}/dashboard/experiments?name=gamification")}
     assert not any(row[2] for row in points.values()), points  # no chart reported an error

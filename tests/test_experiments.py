@@ -260,3 +260,31 @@ def test_a_merged_delta_reaches_the_same_lane_only() -> None:
     b = lanes.lanes["exp/ab/b"]  # created by the delta: its listeners may come here later
     assert np.allclose(bandit_state(b)[1], 1) and np.array_equal(bandit_state(lanes.default)[1], before[1])
     assert "exp/ab/control" not in lanes.lanes
+
+
+def test_the_cli_starts_stops_flags_and_logs(stack) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ENCORE_REDIS_URL": stack.settings.redis_url, "ENCORE_REDIS_PREFIX": f"c{uuid.uuid4().hex[:6]}"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "experiments", *args], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    listed = json.loads(cli("list").stdout)
+    assert {e["name"]: e["status"] for e in listed["experiments"]} == {"policy-lints": "draft", "gamification": "draft"}
+    started = json.loads(cli("start", "gamification").stdout)
+    assert next(e for e in started["experiments"] if e["name"] == "gamification")["status"] == "running"
+    flagged = json.loads(cli("flag", "policy", "--value", "lints", "--rollout", "0.1").stdout)
+    assert flagged["flags"]["policy"] == {"name": "policy", "rollout": 0.1, "value": "lints", "killed": False}
+    assert json.loads(cli("flag", "policy", "--kill").stdout)["flags"]["policy"]["killed"] is True
+    log = json.loads(cli("log").stdout)
+    assert [e["version"] for e in log] == [3, 2, 1] and log[-1]["what"] == "gamification: running"
+    bad = cli("start", "nope")
+    assert bad.returncode == 2 and "no experiment 'nope' is declared" in bad.stderr
+    away = subprocess.run([sys.executable, "-m", "experiments", "list"], capture_output=True, text=True, timeout=60,
+                          env={**env, "ENCORE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert away.returncode == 2 and "is not reachable" in away.stderr
