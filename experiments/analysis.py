@@ -147,7 +147,10 @@ def analyze_frame(df: pd.DataFrame, *, unit: str, arm: str, metrics: list[str], 
             surv = S.survival(duration, sc[duration].to_numpy(float), sc[event].to_numpy(bool),
                               st[duration].to_numpy(float), st[event].to_numpy(bool), alpha, labels=(ctl, trt))
             survival[trt] = surv
-            results.append(_tag(surv.comparison, trt))
+            if (sc[event].astype(bool).any() or st[event].astype(bool).any()):
+                results.append(_tag(surv.comparison, trt))
+            else:
+                notes.append(f"{duration}: no churn observed yet in either arm; the log-rank test waits for some")
     results = S.adjust(results, correction)
     out = Analysis({a: int(counts[a]) for a in arms}, ctl, srm, results, sequential, survival, power,
                    primary or (metrics[0] if metrics else None), alpha, mde, notes)

@@ -11,7 +11,7 @@ library ships: the delta method for a ratio of means and the always-valid sequen
 - :func:`ratio_metric` — a ratio of sums over units (skips / plays per listener), delta method.
 - :func:`cuped` — Welch on the outcome adjusted by its pre-period covariate (CUPED).
 - :func:`msprt` — an always-valid p-value (mixture SPRT) that may be peeked at after every unit.
-- :func:`survival` — Kaplan–Meier curves and the log-rank test (lifelines).
+- :func:`survival` — Kaplan–Meier curves (lifelines) and the log-rank test (statsmodels).
 - :func:`power_means` / :func:`power_proportions` — sample size and achieved power (statsmodels).
 - :func:`adjust` — Holm or Benjamini–Hochberg over several metrics (statsmodels).
 
@@ -234,15 +234,28 @@ class Survival:
     curves: dict[str, dict[str, list[float]]]  # arm -> timeline, survival, lower, upper
 
 
+def logrank(dur_c: np.ndarray, ev_c: np.ndarray, dur_t: np.ndarray, ev_t: np.ndarray) -> tuple[float, float]:
+    """The log-rank test of two arms: (chi-square, p) from statsmodels' ``survdiff`` (the same
+    statistic as lifelines' ``logrank_test``, ~100× faster, which the A/A simulations need)."""
+    from statsmodels.duration.survfunc import survdiff
+
+    time = np.concatenate([dur_c, dur_t]).astype(float)
+    status = np.concatenate([ev_c, ev_t]).astype(int)
+    if not status.any():  # no churn observed in either arm yet: nothing to compare
+        return 0.0, 1.0
+    group = np.repeat([0, 1], [len(dur_c), len(dur_t)])
+    chi2, p = survdiff(time, status, group)
+    return float(chi2), float(p)
+
+
 def survival(metric: str, dur_c: np.ndarray, ev_c: np.ndarray, dur_t: np.ndarray, ev_t: np.ndarray,
              alpha: float = 0.05, labels: tuple[str, str] = ("control", "treatment")) -> Survival:
-    """Kaplan–Meier per arm and the log-rank test (lifelines). ``dur`` is time to the event (or
-    to the end of observation) and ``ev`` is 1 when the event (churn) was observed, 0 when
-    censored. Lift compares the survival at the last time both arms reach."""
+    """Kaplan–Meier per arm (lifelines) and the log-rank test (:func:`logrank`). ``dur`` is time
+    to the event (or to the end of observation) and ``ev`` is 1 when the event (churn) was
+    observed, 0 when censored. Lift compares the survival at the last time both arms reach."""
     from lifelines import KaplanMeierFitter
-    from lifelines.statistics import logrank_test
 
-    res = logrank_test(dur_t, dur_c, event_observed_A=ev_t, event_observed_B=ev_c, alpha=1 - alpha)
+    chi2, p = logrank(dur_c, ev_c, dur_t, ev_t)
     curves, fits = {}, []
     for label, d, e in ((labels[0], dur_c, ev_c), (labels[1], dur_t, ev_t)):
         km = KaplanMeierFitter(alpha=alpha).fit(d, e, label=label)
@@ -253,10 +266,9 @@ def survival(metric: str, dur_c: np.ndarray, ev_c: np.ndarray, dur_t: np.ndarray
     horizon = float(min(np.max(dur_c), np.max(dur_t)))
     s_c, s_t = (float(km.survival_function_at_times(horizon).iloc[0]) for km in fits)
     comp = Comparison(metric, "log-rank", float(fits[0].median_survival_time_), float(fits[1].median_survival_time_),
-                      s_t / s_c - 1 if s_c else float("nan"), float("nan"), float("nan"), float(res.p_value),
+                      s_t / s_c - 1 if s_c else float("nan"), float("nan"), float("nan"), p,
                       len(dur_c), len(dur_t),
-                      extra={"chi2": float(res.test_statistic), "horizon": horizon, "survival_control": s_c,
-                             "survival_treatment": s_t})
+                      extra={"chi2": chi2, "horizon": horizon, "survival_control": s_c, "survival_treatment": s_t})
     return Survival(comp, curves)
 
 

@@ -58,6 +58,7 @@ class LoopStats:
     request_ids: set[uuid.UUID] = field(default_factory=set)
     wall_s: float = 0.0
     active_by_day: list[int] = field(default_factory=list)  # with returns: listeners with a session, per day
+    karma_by_day: list[int] = field(default_factory=list)  # of them, told they earned karma that day
 
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -159,10 +160,14 @@ class ClosedLoop:
     # --- internals ----------------------------------------------------------------------
     def _next_day(self) -> bool:
         """End of a simulated day: who comes back tomorrow? False when the run is over."""
-        quiet_until = time.monotonic() + 3.0  # the worker's karma for today's last events arrives
-        while time.monotonic() < quiet_until:
+        # the worker's karma for today's last events: wait until it has been quiet for 3 s (a
+        # loaded worker applies a batch's effects a few seconds after its slates), 60 s at most
+        started = time.monotonic()
+        quiet_until = started + 5.0
+        while time.monotonic() < min(quiet_until, started + 60.0):
             if self._pump_karma():
-                quiet_until = max(quiet_until, time.monotonic() + 1.0)
+                quiet_until = max(quiet_until, time.monotonic() + 3.0)
+        self.stats.karma_by_day.append(len(self._karma & set(self._visited)))
         back = [listener for listener, done, played in self._visited.values()
                 if self.rng.random() < self.returns.probability(done / played if played else 0.0,  # type: ignore[union-attr]
                                                                  listener.user_id in self._karma)]

@@ -27,8 +27,8 @@ from tests.faults.harness import Run, knob
 from tests.test_dashboard import browser, load  # noqa: F401 (the browser fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-LISTENERS = int(knob("EXP_LISTENERS", 2000, 600))
-LIFT = 0.35  # true effect: +35 points of next-day return for a listener who earned karma that day
+LISTENERS = int(knob("EXP_LISTENERS", 2000, 800))
+LIFT = 0.5  # true effect: +50 points of next-day return for a listener who earned karma that day
 
 DECLARED = """
 [[experiment]]
@@ -80,6 +80,7 @@ def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_p
         stats = loop.run(600)
     finally:
         loop.close()
+    print(f"\nactive by day {stats.active_by_day}, told of karma {stats.karma_by_day}")
     assert stats.timed_out == 0 and len(stats.active_by_day) == 3, stats.active_by_day
     deadline = time.monotonic() + 120
     while metric(url, "encore_events_total") < stats.events:
@@ -115,7 +116,7 @@ def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_p
         assert time.monotonic() < deadline, "the worker did not apply the control change within 10 s"
         time.sleep(0.2)
 
-    points = {row[0]: row for row in load(browser, f"{url}/dashboard/experiments?name=gamification")}
+    points = {row[0]: row for row in load(browser, f"{url}/dashboard/experiments?name=gamification&churn_days=1")}
     assert not any(row[2] for row in points.values()), points  # no chart reported an error
     assert points["retention"][1] > 0 and points["metrics"][1] >= 5 and points["allocation"][1] == 2
     logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

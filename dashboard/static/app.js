@@ -140,7 +140,11 @@ async function experimentsView() {
     "no experiment has exposed anyone yet: start one (python -m experiments start NAME)"}</p>`;
   main.appendChild(pick);
   if (!name) return finish();
-  const a = await get("experiment", { name });
+  let a;
+  try { a = await get("experiment", { name, churn_days: params.get("churn_days") || 3 }); } catch (err) {
+    pick.insertAdjacentHTML("beforeend", `<div class="error" data-error="${err.message}">${err.message}</div>`);
+    return finish();
+  }
   const jobs = [
     ["Allocation and verdict", "allocation", async el => {
       const arms = Object.entries(a.arms).map(([k, v]) => `<div class="stat"><b>${v}</b>${k}${k === a.control ? " (control)" : ""}</div>`).join("");
