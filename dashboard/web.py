@@ -81,13 +81,13 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
         name = p.get("name", "")
         if not name:
             raise ValueError("this view needs ?name=<experiment>")
-        primary, weights = declared(name)
+        primary, weights, guardrails = declared(name)
         try:
             mde, churn_days = float(p.get("mde", 0.05)), float(p.get("churn_days", 3))
         except ValueError:
             raise ValueError("mde (a relative lift, e.g. 0.05) and churn_days must be numbers") from None
         return analyse(q, name, primary=p.get("primary") or primary, mde=mde, weights=weights,
-                       churn_days=churn_days).as_dict()
+                       churn_days=churn_days, guardrails=guardrails).as_dict()
 
     def int_param(p: dict[str, str], name: str, default: int, high: int) -> int:
         try:

@@ -31,6 +31,7 @@ class Analysis:
     mde: float = 0.05
     notes: list[str] = field(default_factory=list)
     verdict: str = ""
+    guardrails: list[str] = field(default_factory=list)  # metrics that must not get worse
 
     def as_dict(self) -> dict[str, Any]:
         return {"arms": self.arms, "control": self.control, "alpha": self.alpha, "mde": self.mde,
@@ -40,7 +41,8 @@ class Analysis:
                 "sequential": [r.as_dict() for r in self.sequential],
                 "survival": {arm: {"logrank": s.comparison.as_dict(), "curves": s.curves}
                              for arm, s in self.survival.items()},
-                "power": self.power, "primary": self.primary, "notes": self.notes, "verdict": self.verdict}
+                "power": self.power, "primary": self.primary, "guardrails": self.guardrails, "notes": self.notes,
+                "verdict": self.verdict}
 
 
     @classmethod
@@ -58,7 +60,7 @@ class Analysis:
         survival = {arm: S.Survival(comp(s["logrank"]), s["curves"]) for arm, s in d.get("survival", {}).items()}
         return cls(d["arms"], d["control"], srm, [comp(r) for r in d["results"]], [comp(r) for r in d["sequential"]],
                    survival, d.get("power", []), d.get("primary"), d.get("alpha", 0.05), d.get("mde", 0.05),
-                   d.get("notes", []), d.get("verdict", ""))
+                   d.get("notes", []), d.get("verdict", ""), d.get("guardrails", []))
 
 
 def is_binary(values: pd.Series) -> bool:
@@ -80,7 +82,8 @@ def pick_control(arms: list[str], control: str | None) -> str:
 def analyze_frame(df: pd.DataFrame, *, unit: str, arm: str, metrics: list[str], pre: str | None = None,
                   duration: str | None = None, event: str | None = None, ratios: list[tuple[str, str]] | None = None,
                   control: str | None = None, weights: dict[str, float] | None = None, alpha: float = 0.05,
-                  correction: str = "holm", mde: float = 0.05, primary: str | None = None) -> Analysis:
+                  correction: str = "holm", mde: float = 0.05, primary: str | None = None,
+                  guardrails: list[str] | None = None, lower_is_better: frozenset[str] = frozenset()) -> Analysis:
     """Every test the columns allow. One row per unit (the randomisation unit); rows are in
     arrival order for the sequential test."""
     need = [unit, arm, *metrics, *(c for c in (pre, duration, event) if c)]
@@ -153,8 +156,8 @@ def analyze_frame(df: pd.DataFrame, *, unit: str, arm: str, metrics: list[str], 
                 notes.append(f"{duration}: no churn observed yet in either arm; the log-rank test waits for some")
     results = S.adjust(results, correction)
     out = Analysis({a: int(counts[a]) for a in arms}, ctl, srm, results, sequential, survival, power,
-                   primary or (metrics[0] if metrics else None), alpha, mde, notes)
-    out.verdict = verdict(out)
+                   primary or (metrics[0] if metrics else None), alpha, mde, notes, guardrails=list(guardrails or []))
+    out.verdict = verdict(out, lower_is_better)
     return out
 
 
@@ -162,7 +165,7 @@ def _tag(r: S.Comparison, arm: str) -> S.Comparison:
     return S.Comparison(**{**r.__dict__, "extra": {**r.extra, "arm": arm}})
 
 
-def verdict(a: Analysis) -> str:
+def verdict(a: Analysis, lower_is_better: frozenset[str] = frozenset()) -> str:
     """What a product person should take away, in words, from the primary metric and the rest."""
     if a.srm.mismatch:
         return (f"Do not read the results: the split is not what was configured (sample-ratio mismatch, "
@@ -189,7 +192,15 @@ def verdict(a: Analysis) -> str:
             lines.append(f"No detectable effect of {arm} on {a.primary} (p = {best.p:.2g}); a lift of "
                          f"{a.mde:.0%} or more would likely have been seen (interval {best.lift_low:+.1%} to "
                          f"{best.lift_high:+.1%}).")
-        worse = [r for r in a.results if r.extra.get("arm") == arm and r.metric != a.primary and r.p < a.alpha]
-        for r in worse:
-            lines.append(f"  Also: {r.metric} moved {r.lift:+.1%} in {arm} (p = {r.p:.2g}, {r.test}).")
+        moved = [r for r in a.results if r.extra.get("arm") == arm and r.metric != a.primary and r.p < a.alpha]
+        for g in a.guardrails:
+            bad = [r for r in moved if r.metric == g and (r.lift > 0) == (g in lower_is_better)]
+            if bad:
+                lines.append(f"  GUARDRAIL BREACHED: {g} got worse in {arm} ({bad[0].lift:+.1%}, p = {bad[0].p:.2g}); "
+                             "do not ship it as is.")
+            elif any(r.metric == g and r.extra.get("arm") == arm for r in a.results):
+                lines.append(f"  Guardrail {g}: no significant harm.")
+        for r in moved:
+            if r.metric not in a.guardrails:
+                lines.append(f"  Also: {r.metric} moved {r.lift:+.1%} in {arm} (p = {r.p:.2g}, {r.test}).")
     return "\n".join(lines) or "Nothing to conclude: no primary metric could be tested."

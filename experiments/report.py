@@ -41,6 +41,7 @@ RATIOS = (("skips", "plays"), ("likes", "plays"), ("completions", "plays"))
 RATIO_NAMES = {"skip_rate": ("skips", "plays"), "like_rate": ("likes", "plays"),
                "completion_rate": ("completions", "plays")}
 METRICS = ("minutes", "sessions", "plays", "returned_d1", "returned_d7")
+LOWER_IS_BETTER = frozenset({"skips / plays"})  # for guardrails: which direction is harm
 
 
 def experiments_seen(q: Query) -> list[dict[str, Any]]:
@@ -91,23 +92,24 @@ def listener_frame(q: Query, experiment: str, churn_days: float = 3.0) -> pd.Dat
 
 
 def analyse(q: Query, experiment: str, *, primary: str | None = None, mde: float = 0.05, alpha: float = 0.05,
-            weights: dict[str, float] | None = None, churn_days: float = 3.0) -> Analysis:
+            weights: dict[str, float] | None = None, churn_days: float = 3.0,
+            guardrails: tuple[str, ...] = ()) -> Analysis:
     df = listener_frame(q, experiment, churn_days)
     if df.empty:
         raise ValueError(f"no exposures for experiment {experiment!r} yet: is it running "
                          "(python -m experiments list) and have its listeners asked for a slate?")
     metrics = [m for m in METRICS if df[m].notna().sum() >= 4]
-    primary = primary or "minutes"
-    ratios = list(RATIOS)
-    if primary in RATIO_NAMES:  # a ratio as the primary: analysed under its ratio's name
-        primary = f"{RATIO_NAMES[primary][0]} / {RATIO_NAMES[primary][1]}"
+    def name(m: str) -> str:  # a ratio is analysed under its ratio's name
+        return f"{RATIO_NAMES[m][0]} / {RATIO_NAMES[m][1]}" if m in RATIO_NAMES else m
+
     return analyze_frame(df, unit="user_id", arm="arm", metrics=metrics, pre="minutes_before",
-                         duration="days_active", event="churned", ratios=ratios, weights=weights, alpha=alpha,
-                         mde=mde, primary=primary)
+                         duration="days_active", event="churned", ratios=list(RATIOS), weights=weights, alpha=alpha,
+                         mde=mde, primary=name(primary or "minutes"), guardrails=[name(g) for g in guardrails],
+                         lower_is_better=LOWER_IS_BETTER)
 
 
-def declared(name: str) -> tuple[str | None, dict[str, float] | None]:
-    """The experiment's primary metric and arm weights, from the declarations (if found)."""
+def declared(name: str) -> tuple[str | None, dict[str, float] | None, tuple[str, ...]]:
+    """The experiment's primary metric, arm weights and guardrails, from the declarations."""
     from experiments.config import load_experiments
     from streams.settings import load_settings
 
@@ -116,8 +118,8 @@ def declared(name: str) -> tuple[str | None, dict[str, float] | None]:
     except (OSError, ValueError):
         exp = None
     if exp is None:
-        return None, None
-    return exp.primary, {a.name: a.weight for a in exp.arms}
+        return None, None, ()
+    return exp.primary, {a.name: a.weight for a in exp.arms}, exp.guardrails
 
 
 def plot_retention(result: dict[str, Any], path: Path, title: str) -> None:
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", help="a worker's base URL (default: http://127.0.0.1:ENCORE_WEB_PORT for chDB)")
     args = ap.parse_args(argv)
     settings = load_settings()
-    primary, weights = declared(args.name)
+    primary, weights, guardrails = declared(args.name)
     primary = args.primary or primary
     try:
         if settings.clickhouse_dsn.startswith("chdb") or args.worker:
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             from sinks.clickhouse import ClickHouseStore
 
             analysis = analyse(ClickHouseStore(settings.clickhouse_dsn).query, args.name, primary=primary,
-                               mde=args.mde, weights=weights, churn_days=args.churn_days)
+                               mde=args.mde, weights=weights, churn_days=args.churn_days, guardrails=guardrails)
             result = json.loads(json.dumps(analysis.as_dict(), default=float))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -252,10 +252,11 @@ def test_an_experiment_report_from_known_exposures_and_events(store) -> None:  #
     assert df.loc["rep-0", "plays"] == 3 and df.loc["rep-0", "skips"] == 1
     assert df.loc["rep-0", "minutes_before"] == pytest.approx(1.0)
     assert df.loc["rep-1", "returned_d1"] == 1 and df.loc["rep-2", "returned_d1"] == 0
-    got = analyse(store.query, exp, primary="minutes")
+    got = analyse(store.query, exp, primary="minutes", guardrails=("skip_rate",))
     minutes = next(r for r in got.results if r.metric == "minutes" and r.test == "welch t")
     assert minutes.extra["arm"] == "b" and minutes.lift > 0.5 and minutes.p_value < 1e-6
     d1 = next(r for r in got.results if r.metric == "returned_d1")
     assert d1.treatment == 1.0 and d1.control == pytest.approx(5 / 20) and d1.p_value < 1e-4  # i = 0, 8, .., 32
-    assert "b raises minutes" in got.verdict and not got.srm.mismatch
+    assert "b raises minutes" in got.verdict and not got.srm.mismatch and "skip_rate" not in got.verdict
+    assert "skips / plays" in got.guardrails and "GUARDRAIL BREACHED" not in got.verdict
     assert {(r["experiment"], r["arm"]) for r in experiments_seen(store.query)} >= {(exp, "a"), (exp, "b")}

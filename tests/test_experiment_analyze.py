@@ -86,3 +86,18 @@ def test_data_it_cannot_analyse_gets_a_clear_error(tmp_path: Path, mutate, args,
     mutate(experiment(n=200)).to_csv(path, index=False)
     out = analyze(str(path), "--unit-col", "user", "--arm-col", "arm", "--metric", "minutes", *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_a_guardrail_that_gets_worse_is_called_out_in_the_verdict() -> None:
+    from experiments.analysis import analyze_frame
+
+    df = experiment(n=4000, effect=3.0)
+    t = df["arm"] == "treatment"
+    df.loc[t, "skips"] = np.minimum(df.loc[t, "plays"], df.loc[t, "skips"] + 3)  # more skips in treatment
+    got = analyze_frame(df, unit="user", arm="arm", metrics=["minutes"], ratios=[("skips", "plays")],
+                        guardrails=["skips / plays", "minutes"], lower_is_better=frozenset({"skips / plays"}))
+    assert "GUARDRAIL BREACHED: skips / plays got worse in treatment" in got.verdict
+    held = analyze_frame(experiment(n=4000), unit="user", arm="arm", metrics=["minutes"],
+                         ratios=[("skips", "plays")], guardrails=["skips / plays"],
+                         lower_is_better=frozenset({"skips / plays"}))
+    assert "Guardrail skips / plays: no significant harm." in held.verdict
