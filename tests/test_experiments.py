@@ -288,3 +288,15 @@ def test_the_cli_starts_stops_flags_and_logs(stack) -> None:  # type: ignore[no-
     away = subprocess.run([sys.executable, "-m", "experiments", "list"], capture_output=True, text=True, timeout=60,
                           env={**env, "ENCORE_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert away.returncode == 2 and "is not reachable" in away.stderr
+
+
+def test_a_policy_arm_is_served_by_its_own_policy() -> None:
+    exp = Experiment("pol", "salt-p", (Arm("control"), Arm("pop", policy="popularity")))
+    control = running(exp)
+    lanes = Lanes(make, control)
+    state = BatchState(SERDE, CAT, lanes, None, True)
+    users = users_in(control, "exp/pol/pop", 3) + users_in(control, "exp/pol/control", 3)
+    out = process_batch(batch([ev(Kind.REC_REQUEST, u, i) for i, u in enumerate(users)]), state, NOW)
+    by_arm = {s.experiment_arm: s.policy_id for s in out.slates}
+    assert by_arm == {"pol/pop": "popularity", "pol/control": "linucb"}
+    assert {r[2] for r in out.rows["recommendations"] if r[6] == "pol/pop"} == set(users[:3])  # experiment_arm column
