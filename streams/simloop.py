@@ -163,7 +163,7 @@ class ClosedLoop:
         # the worker's karma for today's last events: wait until it has been quiet for 3 s (a
         # loaded worker applies a batch's effects a few seconds after its slates), 60 s at most
         started = time.monotonic()
-        quiet_until = started + 5.0
+        quiet_until = started + 3.0
         while time.monotonic() < min(quiet_until, started + 60.0):
             if self._pump_karma():
                 quiet_until = max(quiet_until, time.monotonic() + 3.0)

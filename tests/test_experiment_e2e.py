@@ -27,7 +27,7 @@ from tests.faults.harness import Run, knob
 from tests.test_dashboard import browser, load  # noqa: F401 (the browser fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-LISTENERS = int(knob("EXP_LISTENERS", 2000, 800))
+LISTENERS = int(knob("EXP_LISTENERS", 2000, 600))
 LIFT = 0.5  # true effect: +50 points of next-day return for a listener who earned karma that day
 
 DECLARED = """

@@ -33,8 +33,8 @@ from tests.faults.truth import read_all
 from tests.test_fuzz import NASTY, mutate
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-RECORDS = int(knob("FAULT_FUZZ_RECORDS", 100_000, 4_000))
-HTTP_CASES = int(knob("FAULT_HTTP_CASES", 10_000, 600))
+RECORDS = int(knob("FAULT_FUZZ_RECORDS", 100_000, 3_000))
+HTTP_CASES = int(knob("FAULT_HTTP_CASES", 10_000, 400))
 KEY = "fuzz-key"
 
 

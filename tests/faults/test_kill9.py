@@ -20,7 +20,7 @@ from tests.faults.truth import assert_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 KILLS = int(knob("FAULT_KILLS", 10, 2))
-EVENTS = int(knob("FAULT_EVENTS", 20_000, 4_000))
+EVENTS = int(knob("FAULT_EVENTS", 20_000, 3_000))
 
 
 def run(stack: Stack, tmp: Path, records: list[tuple[bytes, bytes]], kills: int) -> dict[str, Any]:

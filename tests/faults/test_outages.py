@@ -21,11 +21,11 @@ from tests.faults.harness import QUICK, Run, knob
 from tests.faults.truth import assert_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-REDIS_DOWN_S = knob("FAULT_REDIS_DOWN_S", 30, 9)
-CLICKHOUSE_DOWN_S = knob("FAULT_CLICKHOUSE_DOWN_S", 60, 10)
+REDIS_DOWN_S = knob("FAULT_REDIS_DOWN_S", 30, 6)
+CLICKHOUSE_DOWN_S = knob("FAULT_CLICKHOUSE_DOWN_S", 60, 6)
 MOVES = int(knob("FAULT_MOVES", 5, 2))
-EVENTS = int(knob("FAULT_EVENTS", 12_000, 3_000))
-LOAD_S = knob("FAULT_LOAD_S", 60, 20)  # how long the load of the Redis case lasts
+EVENTS = int(knob("FAULT_EVENTS", 12_000, 2_000))
+LOAD_S = knob("FAULT_LOAD_S", 60, 12)  # how long the load of the Redis case lasts
 KEY = "drill-key"
 
 

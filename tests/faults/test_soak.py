@@ -30,7 +30,7 @@ from tests.faults.test_outages import clean_run
 from tests.faults.truth import assert_equal
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
-SOAK_S = knob("SOAK_S", 600, 30)
+SOAK_S = knob("SOAK_S", 600, 20)
 RATE = knob("SOAK_RATE", 1200, 800)  # events/s: ~half of bench-throughput's drain
 
 
