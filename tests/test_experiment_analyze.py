@@ -81,11 +81,14 @@ def test_a_mismatched_split_is_called_out_before_any_result(tmp_path: Path) -> N
     (lambda d: d.assign(arm="control"), [], "the data holds one arm"),
     (lambda d: d, ["--control", "B"], "control arm 'B' not in the data"),
 ])
-def test_data_it_cannot_analyse_gets_a_clear_error(tmp_path: Path, mutate, args, message) -> None:  # type: ignore[no-untyped-def]
+def test_data_it_cannot_analyse_gets_a_clear_error(tmp_path: Path, capsys, mutate, args, message) -> None:  # type: ignore[no-untyped-def]
+    from experiments.analyze import main  # in process: no new interpreter
+
     path = tmp_path / "bad.csv"
     mutate(experiment(n=200)).to_csv(path, index=False)
-    out = analyze(str(path), "--unit-col", "user", "--arm-col", "arm", "--metric", "minutes", *args)
-    assert out.returncode == 2 and message in out.stderr, out.stderr
+    code = main([str(path), "--unit-col", "user", "--arm-col", "arm", "--metric", "minutes", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
 
 
 def test_a_guardrail_that_gets_worse_is_called_out_in_the_verdict() -> None:

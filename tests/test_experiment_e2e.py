@@ -27,7 +27,8 @@ from tests.faults.harness import Run, knob
 from tests.test_dashboard import browser, load  # noqa: F401 (the browser fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-LISTENERS = int(knob("EXP_LISTENERS", 2000, 600))
+LISTENERS = int(knob("EXP_LISTENERS", 2000, 500))
+DAYS = int(knob("EXP_DAYS", 3, 2))
 LIFT = 0.5  # true effect: +50 points of next-day return for a listener who earned karma that day
 
 DECLARED = """
@@ -75,13 +76,13 @@ def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_p
         control.set_status(load_experiments(declared), name, "running")
     url = run.start("w")
     world = World(load_catalogue(run.settings.catalogue), n_listeners=LISTENERS, seed=5, run_id=run.tag, communities=8)
-    loop = ClosedLoop(run.settings, world, concurrency=200, seed=5, returns=Returns(0.4, gamification_lift=LIFT), days=3)
+    loop = ClosedLoop(run.settings, world, concurrency=200, seed=5, returns=Returns(0.4, gamification_lift=LIFT), days=DAYS)
     try:
         stats = loop.run(600)
     finally:
         loop.close()
     print(f"\nactive by day {stats.active_by_day}, told of karma {stats.karma_by_day}")
-    assert stats.timed_out == 0 and len(stats.active_by_day) == 3, stats.active_by_day
+    assert stats.timed_out == 0 and len(stats.active_by_day) == DAYS, stats.active_by_day
     deadline = time.monotonic() + 120
     while metric(url, "encore_events_total") < stats.events:
         assert time.monotonic() < deadline, "the worker did not process every event"
