@@ -5,9 +5,10 @@
     python -m online_models.evaluate bandit-feedback FILE --context-cols device,activity
         [--action-col action --reward-col reward --propensity-col propensity] [--json]
 
-FILE is CSV or Parquet. ``interactions`` fits simple recommenders (random, popularity, item-item
-co-occurrence) on the train part and reports precision / recall / MAP / MRR / NDCG at k on the
-test part. ``bandit-feedback`` fits target policies on the train part (uniform, best action
+FILE is CSV or Parquet. ``interactions`` fits the collaborative models of
+:mod:`online_models.latent` (popularity, item-kNN, EASE, ALS, BPR; LightGCN and Mult-VAE with
+``--neural``) on the train part, on sparse matrices, and reports NDCG@k, Recall@2k, MRR@2k,
+catalogue coverage and novelty per model on the test part, with a progress bar. ``bandit-feedback`` fits target policies on the train part (uniform, best action
 overall, best action per context) and scores them on the test part with IPS, SNIPS and doubly
 robust estimates over the logged propensities, next to the logging policy's own mean reward and
 replay evaluation.
@@ -18,14 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from online_models.evaluation import doubly_robust, ips, ranking_report, replay, snips
+from online_models import latent
+from online_models.evaluation import doubly_robust, ips, replay, snips
 
 
 def read_table(path: str) -> pd.DataFrame:
@@ -48,67 +49,32 @@ def need(df: pd.DataFrame, cols: list[str], path: str) -> None:
 
 
 def split(df: pd.DataFrame, how: str, test_frac: float, time_col: str | None, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if not 0 < test_frac < 1:
-        raise SystemExit("--test-frac must be between 0 and 1")
-    if how == "chrono":
-        if time_col is None or time_col not in df.columns:
-            raise SystemExit("--split chrono needs a time column (--time-col)")
-        df = df.sort_values(time_col, kind="stable")
-        cut = int(len(df) * (1 - test_frac))
-        return df.iloc[:cut], df.iloc[cut:]
-    rng = np.random.default_rng(seed)
-    mask = rng.random(len(df)) < test_frac
-    return df[~mask], df[mask]
+    if how == "user-chrono":
+        raise SystemExit("--split user-chrono is for interactions; use chrono or random")
+    try:
+        return latent.split_frame(df, how, test_frac, time_col, "", seed)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 # --- interactions ---------------------------------------------------------------------------
 
 
 def evaluate_interactions(df: pd.DataFrame, *, user: str, item: str, weight: str | None, time: str | None,
-                          how: str, test_frac: float, k: int, seed: int) -> dict[str, Any]:
-    train, test = split(df, how, test_frac, time, seed)
-    w_train = train[weight] if weight else pd.Series(1.0, index=train.index)
-    seen: dict[Any, set[Any]] = defaultdict(set)
-    for u, i in zip(train[user], train[item], strict=True):
-        seen[u].add(i)
-    popularity = Counter()
-    for i, w in zip(train[item], w_train, strict=True):
-        popularity[i] += float(w)
-    items = [i for i, _ in popularity.most_common()]
-    # item-item co-occurrence: items that appear for the same users
-    co: dict[Any, Counter] = defaultdict(Counter)
-    for its in seen.values():
-        its_l = list(its)[:200]
-        for a in its_l:
-            for b in its_l:
-                if a != b:
-                    co[a][b] += 1
-    truth: dict[Any, dict[Any, float]] = defaultdict(dict)
-    w_test = test[weight] if weight else pd.Series(1.0, index=test.index)
-    for u, i, w in zip(test[user], test[item], w_test, strict=True):
-        if i not in seen[u]:
-            truth[u][i] = max(truth[u].get(i, 0.0), float(w))
-    users = list(truth)
-    rng = np.random.default_rng(seed)
-
-    def top_unseen(candidates: list[Any], u: Any) -> list[Any]:
-        return [i for i in candidates if i not in seen[u]][:k]
-
-    rankings = {
-        "random": {u: top_unseen(list(rng.permutation(np.array(items, dtype=object))), u) for u in users},
-        "popularity": {u: top_unseen(items[: k + len(seen[u])], u) for u in users},
-        "item-item": {},
-    }
-    for u in users:
-        scores: Counter = Counter()
-        for i in seen[u]:
-            scores.update(co[i])
-        ranked = [i for i, _ in scores.most_common() if i not in seen[u]]
-        ranked += [i for i in items if i not in seen[u] and i not in set(ranked)][: k]
-        rankings["item-item"][u] = ranked[:k]
+                          how: str, test_frac: float, k: int, seed: int, models: list[str],
+                          weighting: str = "log", progress: bool = True) -> dict[str, Any]:
+    """Fit every model in ``models`` (see :mod:`online_models.latent`) on the train part and rank
+    the catalogue for each listener with held-out items; all on sparse matrices."""
+    try:
+        train, test = latent.split_frame(df, how, test_frac, time, user, seed)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    tr, te = latent.matrices(df, train, test, user, item, weight, weighting)
+    reports = latent.run_all(models, tr.matrix, te, k=k, k2=2 * k, seed=seed, progress=progress)
     return {
-        "split": how, "train_rows": len(train), "test_rows": len(test), "k": k,
-        "policies": {name: ranking_report(r, truth, k).__dict__ for name, r in rankings.items()},
+        "split": how, "train_rows": len(train), "test_rows": len(test), "k": k, "recall_k": 2 * k,
+        "listeners": int(tr.matrix.shape[0]), "items": int(tr.matrix.shape[1]), "weighting": weighting,
+        "policies": {name: r.__dict__ for name, r in reports.items()},
     }
 
 
@@ -154,13 +120,25 @@ def evaluate_bandit(df: pd.DataFrame, *, context: list[str], action: str, reward
     return out
 
 
+def table(result: dict[str, Any]) -> str:
+    k, k2 = result["k"], result["recall_k"]
+    lines = [f"{result['listeners']:,} listeners x {result['items']:,} items",
+             f"{'model':<11} {f'NDCG@{k}':>8} {f'Recall@{k2}':>9} {f'MRR@{k2}':>7} {'coverage':>8} {'novelty':>7} "
+             f"{'fit s':>7} {'rank s':>7}"]
+    for name, r in result["policies"].items():
+        lines.append(f"{name:<11} {r['ndcg']:>8.4f} {r['recall']:>9.4f} {r['mrr']:>7.4f} {r['coverage']:>8.3f} "
+                     f"{r['novelty']:>7.2f} {r['fit_seconds']:>7.1f} {r['score_seconds']:>7.1f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m online_models.evaluate", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     for name in ("interactions", "bandit-feedback"):
         p = sub.add_parser(name)
         p.add_argument("file")
-        p.add_argument("--split", choices=["chrono", "random"], default="random")
+        p.add_argument("--split", choices=["chrono", "random", "user-chrono"], default="random",
+                       help="random rows; chrono: the last rows by time; user-chrono: each listener's last rows")
         p.add_argument("--test-frac", type=float, default=0.2)
         p.add_argument("--time-col", default=None)
         p.add_argument("--seed", type=int, default=0)
@@ -169,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user-col", default="user")
     p.add_argument("--item-col", default="item")
     p.add_argument("--weight-col", default=None, help="rating or weight (default: every row weighs 1)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="NDCG@k; recall and MRR at 2k")
+    p.add_argument("--models", default=",".join(latent.DEFAULT),
+                   help=f"comma-separated, from {','.join(latent.MODELS)} (default: {','.join(latent.DEFAULT)})")
+    p.add_argument("--neural", action="store_true", help="add LightGCN and Mult-VAE (torch) to --models")
+    p.add_argument("--weighting", choices=["log", "raw", "binary"], default="log",
+                   help="how --weight-col enters the models: log1p (default; play counts are heavy-tailed), raw, or ignored")
     p = sub.choices["bandit-feedback"]
     p.add_argument("--context-cols", required=True, help="comma-separated context columns")
     p.add_argument("--action-col", default="action")
@@ -180,9 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "interactions":
         cols = [args.user_col, args.item_col] + [c for c in (args.weight_col, args.time_col) if c]
         need(df, cols, args.file)
+        models = [m for m in args.models.split(",") if m]
+        models += [m for m in sorted(latent.NEURAL) if args.neural and m not in models]
+        unknown = [m for m in models if m not in latent.MODELS]
+        if unknown:
+            raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(latent.MODELS)}")
         result = evaluate_interactions(df, user=args.user_col, item=args.item_col, weight=args.weight_col,
                                        time=args.time_col, how=args.split, test_frac=args.test_frac, k=args.k,
-                                       seed=args.seed)
+                                       seed=args.seed, models=models, weighting=args.weighting,
+                                       progress=not args.json)
     else:
         context = [c for c in args.context_cols.split(",") if c]
         need(df, [*context, args.action_col, args.reward_col, args.propensity_col], args.file)
@@ -193,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"{args.command}: train {result['train_rows']:,} rows, test {result['test_rows']:,} rows ({result['split']} split)")
+        if args.command == "interactions":
+            print(table(result))
+            return 0
         for name, metrics in result["policies"].items():
             print(f"  {name:26} " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                              for k, v in metrics.items()))
