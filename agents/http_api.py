@@ -116,6 +116,10 @@ class ListenerModel(BaseModel):
     completions: int
     recent_tracks: list[str] = Field(description="recently played tracks (kept out of slates)")
     open_decisions: list[str] = Field(description="rec_ids of slates whose reward window is still open")
+    embeddings: str | None = Field(None, description="the embedding version this worker serves (None: none yet)")
+    taste_cluster: int | None = Field(None, description="the listener's taste cluster under that version")
+    cluster_top_genres: dict[str, float] | None = Field(None, description="the three genres listeners like them "
+                                                        "finish most, with the finish rate")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from agents.recommend import Learned, Recommender
 from experiments.config import DEFAULT_LANE, Control, Lane
+from online_models.embeddings import TrackEmbeddings
 from schemas.events import Interaction, Kind, Recommendation
 
 MakeRecommender = Callable[[Lane], Recommender]
@@ -41,6 +42,14 @@ class Lanes:
         self.specs: dict[str, Lane] = {DEFAULT_LANE: Lane(DEFAULT_LANE, None)}
         self._route: dict[str, Lane] = {}  # listener -> lane, for this control version
         self._exposed: set[tuple[str, str]] = set()  # (experiment, listener) exposures sent by this process
+        self.embeddings: TrackEmbeddings | None = None  # the published version every lane serves
+
+    def set_embeddings(self, emb: TrackEmbeddings | None) -> None:
+        """Every lane's policy serves this embedding version (lanes made later too). Safe to call
+        from a thread: each policy prepares it aside and swaps it in with one assignment."""
+        self.embeddings = emb
+        for rec in list(self.lanes.values()):
+            rec.policy.set_embeddings(emb)
 
     # --- routing ------------------------------------------------------------------------------
     def set_control(self, control: Control) -> bool:
@@ -60,6 +69,8 @@ class Lanes:
         rec = self.lanes.get(lane.key)
         if rec is None:
             rec = self.lanes[lane.key] = self._make(lane)
+            if self.embeddings is not None:
+                rec.policy.set_embeddings(self.embeddings)
             rec.seen = self.default.seen  # one event-id window for the worker
             self.specs[lane.key] = lane
         return rec

@@ -73,6 +73,11 @@ class Metrics:
                                 "generation marker vanished); run `encore rebuild-gamification`", registry=registry)
         self.control_version = Gauge("encore_control_version", "Version of the experiments / flags control state "
                                      "this worker applies (every worker should read the same)", registry=registry)
+        self.embeddings_trained = Gauge("encore_embeddings_trained_timestamp_seconds", "When the embedding "
+                                        "version this worker serves was trained (0: none yet); alert on its age",
+                                        registry=registry)
+        self.embeddings_tracks = Gauge("encore_embeddings_tracks", "Catalogue tracks with a vector in the served "
+                                       "embedding version", registry=registry)
         self.handoffs = Counter("encore_partition_handoffs_total", "Listener state of an events partition handed "
                                 "to its next owner (out) or taken over from its last one (in)", ["direction"],
                                 registry=registry)

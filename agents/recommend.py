@@ -206,7 +206,20 @@ class Recommender:
             "completions": int(sum(prof.track_pos.values())) if prof is not None else 0,
             "recent_tracks": [self.catalogue.track_ids[i] for i in (recent or ())],
             "open_decisions": [str(r) for r in self.join.by_user.get(user_id, []) if r in self.join.open],
+            **self._taste(prof),
         }
+
+    def _taste(self, prof: Any) -> dict[str, Any]:
+        """The listener's taste cluster and genre prior under the served embeddings (if any)."""
+        gen = getattr(self.policy, "gen", None)
+        emb = gen.embeddings if gen is not None else None
+        if prof is None or emb is None or emb.mixture is None:
+            return {"embeddings": emb.version if emb is not None else None, "taste_cluster": None}
+        prior = gen.genre_prior_of(prof)
+        top = np.argsort(-prior)[:3]
+        return {"embeddings": emb.version,
+                "taste_cluster": emb.mixture.cluster(prof.genre_pos, prof.genre_shown),
+                "cluster_top_genres": {self.catalogue.genres[g]: round(float(prior[g]), 3) for g in top}}
 
     # --- snapshots ---------------------------------------------------------------------------
     def snapshot(self) -> bytes:

@@ -58,6 +58,8 @@ from agents.recommend import Learned, Recommender
 from experiments.config import DEFAULT_LANE, Control, Experiment, Lane, load_experiments
 from experiments.control import ControlStore, describe
 from online_models.catalogue import Catalogue
+from online_models.embeddings import latest_version
+from online_models.embeddings import load as load_embeddings
 from online_models.linear import LinearBandit
 from online_models.policy import HybridPolicy, make_policy
 from online_models.reward import RewardJoin, RewardMapping
@@ -522,6 +524,25 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
             metrics.control_version.set(control.version)
             log.info("control state v%d applied: %s", control.version, json.dumps(describe(recommender.control)),
                      extra={"step": "control"})
+
+    serving: dict[str, str | None] = {"embeddings": None}
+
+    @app.timer(settings.embeddings_poll_s)
+    @guarded("embeddings", metrics)
+    async def poll_embeddings() -> None:
+        """A new version published by the embedding job: loaded and prepared in a thread, then
+        swapped in (the stream never waits for it). A bad file is logged; the old version stays."""
+        version = await asyncio.to_thread(latest_version, settings.embeddings_path)
+        if version is None or version == serving["embeddings"]:
+            return
+        serving["embeddings"] = version  # tried once: a broken version is not reloaded every tick
+        emb = await asyncio.to_thread(load_embeddings, settings.embeddings_path, version)
+        await asyncio.to_thread(recommender.set_embeddings, emb)
+        known = int(np.isin(emb.tracks, catalogue.track_ids).sum())
+        metrics.embeddings_trained.set(datetime.fromisoformat(emb.trained_at).timestamp())
+        metrics.embeddings_tracks.set(known)
+        log.info("serving embeddings %s (%s, %d of %d catalogue tracks, %d taste clusters)", version, emb.model,
+                 known, len(catalogue), len(emb.cluster_weight), extra={"step": "embeddings"})
 
     @app.timer(5.0)
     @guarded("measure-lag", metrics)

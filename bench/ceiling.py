@@ -211,7 +211,8 @@ def main() -> None:
     ap.add_argument("--ucb", type=float, default=0.0, help="learners add this many posterior sds (0: greedy)")
     ap.add_argument("--thompson", type=float, default=0.0,
                     help="> 0: learners draw from the posterior widened by this factor (Thompson sampling)")
-    ap.add_argument("--communities", type=int, default=0, help="taste communities in the world (0: independent tastes)")
+    ap.add_argument("--communities", type=int, default=8,
+                    help="taste communities in the world (the default: 8; 0: the old world, independent tastes)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

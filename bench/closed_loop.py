@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from agents.recommend import listening_context
+from online_models import embeddings
 from online_models.policy import POLICIES, HybridPolicy, make_policy
 from online_models.reward import Decision, Feedback, RewardJoin
 from online_models.rl import SessionDQN
@@ -72,9 +74,12 @@ class Curve:
 def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: int = 300,
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
         rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
-        factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 0) -> Curve:
+        factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 8,
+        embeddings_every: int = 0) -> Curve:
     """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
-    (the ceiling bench's informed learners, which are handed part of the world's truth)."""
+    (the ceiling bench's informed learners, which are handed part of the world's truth).
+    ``embeddings_every`` > 0: every that many events the embedding job refits on the completions
+    so far and the policy serves the new version (what the worker does with each publication)."""
     catalogue = synthetic_catalogue(seed, n_tracks)
     world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}",
                   communities=communities)
@@ -93,6 +98,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
     cum_r = cum_o = cum_free = 0.0
     started = time.perf_counter()
     next_report = 10_000
+    plays: dict[tuple[str, str], list[int]] = {}  # (listener, track) -> [plays, finishes]: the embedding job's input
+    next_refit = embeddings_every
     while n_events < events:
         listener = world.listeners[int(rng.integers(len(world.listeners)))]
         clock += timedelta(seconds=int(rng.integers(1, 60)))
@@ -134,6 +141,16 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
                 policy.observe(listener.user_id, session.session_id, str(e.kind), i, ctx, e.rating)
                 join.feedback(Feedback(e.event_id, rec_id, e.user_id, e.track_id, str(e.kind), e.occurred_at,
                                        e.listened_ms, e.position), e.occurred_at)
+            for e in out:  # what ClickHouse's events table gives the job: plays and finishes per track
+                if e.kind in ("play_start", "play_end"):
+                    got = plays.setdefault((e.user_id, e.track_id), [0, 0])
+                    got[e.kind == "play_end"] += 1
+            if embeddings_every and n_events >= next_refit:
+                policy.set_embeddings(embeddings.train(
+                    pd.DataFrame([(u, t, catalogue.genre_of(catalogue.index[t]), p, f) for (u, t), (p, f) in plays.items()],
+                                 columns=["user_id", "track_id", "genre", "played", "finished"]),
+                    weight="finished", genre="genre", played="played", seed=seed))
+                next_refit += embeddings_every
             for closed in join.close_due(all_open=True):  # all its feedback is in: close now
                 policy.learn(closed.decision.payload, closed.rewards)
             if isinstance(policy, HybridPolicy) and isinstance(policy.ranker, SessionDQN) and slates % train_every == 0:
@@ -196,8 +213,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--listeners", type=int, default=300)
     ap.add_argument("--policies", default=",".join(POLICIES))
-    ap.add_argument("--communities", type=int, default=0,
-                    help="group listeners into this many taste communities (0: independent tastes, the default world)")
+    ap.add_argument("--communities", type=int, default=8,
+                    help="taste communities (the default world: 8); 0 for the old world of independent tastes")
+    ap.add_argument("--embeddings-every", type=int, default=0,
+                    help="refit the track embeddings every this many events and serve them (0: off)")
     ap.add_argument("--discovery-share", type=float, default=SlateRules().discovery_share,
                     help="share of slate positions kept for discovery candidates (the product default)")
     ap.add_argument("--artist-cap", type=int, default=SlateRules().artist_cap)
@@ -211,7 +230,8 @@ def main() -> None:
         print(f"{name}: running {args.events:,} events (seed {args.seed}, {args.listeners} listeners)", flush=True)
         curves.append(run(name, events=args.events, seed=args.seed, n_listeners=args.listeners,
                           rules=SlateRules(artist_cap=args.artist_cap, discovery_share=args.discovery_share),
-                          params=dict(args.params), communities=args.communities))
+                          params=dict(args.params), communities=args.communities,
+                          embeddings_every=args.embeddings_every))
     pop = next((c for c in curves if c.policy == "popularity"), None)
     print(f"\n{'policy':<12} {'reward/imp':>10} {'last10k':>8} {'oracle10k':>9} {'%oracle':>8} "
           f"{'regret':>9} {'%pop regret':>11} {'%free oracle':>12} {'seconds':>8}")

@@ -20,6 +20,7 @@ import faust
 
 from dashboard import queries as Q
 from experiments.report import analyse, declared, experiments_seen
+from online_models.embeddings import interactions_sql
 from sinks.clickhouse import ClickHouseStore
 from sinks.gamification import GamificationStore
 
@@ -113,6 +114,8 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
         "leaderboard": leaderboard,
         "experiments": lambda p: experiments_seen(q),
         "experiment": experiment,
+        # the embedding job's input, for a chDB store only this worker can open
+        "interactions": lambda p: q(interactions_sql(float(int_param(p, "days", 30, 3650)))),
     }
 
 

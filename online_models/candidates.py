@@ -34,6 +34,7 @@ import numpy as np
 
 from online_models.catalogue import Catalogue
 from online_models.context import ACTIVITIES, ListeningContext
+from online_models.embeddings import Aligned
 from online_models.popularity import ContextPopularity
 
 SOURCES = ("for-you", "again", "co-listen", "familiar", "content", "artist", "gems", "popularity", "explore")  # claim order
@@ -87,9 +88,21 @@ class ListenerProfile:
         n = self.taste_n[activity]
         return (self.taste_sum[activity] + 2.0 * fallback) / (n + 2.0)
 
-    def genre_rate(self, prior: np.ndarray) -> np.ndarray:
-        """Smoothed share of shown tracks of each genre that the listener received well."""
-        return (self.genre_pos + 2.0 * prior) / (self.genre_shown + 2.0)
+    def genre_rate(self, prior: np.ndarray, strength: float = 2.0) -> np.ndarray:
+        """Smoothed share of shown tracks of each genre that the listener received well
+        (``prior`` counts as ``strength`` plays)."""
+        return (self.genre_pos + strength * prior) / (self.genre_shown + strength)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A published embedding version prepared for this catalogue."""
+
+    aligned: Aligned
+    genre_vec: np.ndarray  # (genres, dim): mean vector of each genre's tracks
+    artist_vec: np.ndarray  # (artists, dim)
+    track_mean: np.ndarray  # (dim,): to standardise a listener's track scores
+    track_cov: np.ndarray  # (dim, dim)
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,74 @@ class CandidateGenerator:
         self.genre_prior = np.full(len(catalogue.genres), 0.5)
         self.co: dict[int, dict[int, float]] = defaultdict(dict)
         self.profiles: dict[str, ListenerProfile] = {}
+        self.served: Served | None = None  # track vectors learned from everyone (set_embeddings)
+
+    def set_embeddings(self, emb: Aligned | None) -> None:
+        """Serve these track vectors from now on (a published version, aligned to the catalogue).
+        Genre and artist vectors are the means of their known tracks' vectors: the collaborative
+        signal at the coarser levels, where a listener's few plays say more. Prepared first and
+        swapped in with one assignment, so a thread may call this while requests are served."""
+        if emb is None:
+            self.served = None
+            return
+        levels = []
+        for groups, n in ((self.catalogue.genre_idx, len(self.catalogue.genres)), (self.artist_of, len(self.artists))):
+            sums = np.zeros((n, emb.V.shape[1]))
+            np.add.at(sums, groups[emb.known], emb.V[emb.known])
+            levels.append(sums / np.maximum(np.bincount(groups[emb.known], minlength=n)[:, None], 1))
+        known = emb.V[emb.known]
+        self.served = Served(emb, levels[0], levels[1], known.mean(axis=0), np.cov(known, rowvar=False))
+
+    @property
+    def embeddings(self) -> Aligned | None:
+        served = self.served
+        return served.aligned if served is not None else None
+
+    def genre_prior_of(self, prof: ListenerProfile) -> np.ndarray:
+        """What listeners like this one finish, per genre: their taste clusters' rates weighted
+        by the listener's posterior over the clusters (:mod:`taste`); 0.5 without clusters."""
+        emb = self.embeddings
+        if emb is None or emb.mixture is None:
+            return self.genre_prior
+        mix = emb.mixture
+        key = (emb.version, prof.genre_shown.sum(), prof.genre_pos.sum())
+        cached = getattr(prof, "cluster_prior", None)
+        if cached is None or cached[0] != key:
+            cached = prof.cluster_prior = (key, mix.prior(prof.genre_pos, prof.genre_shown))
+        return cached[1]
+
+    def prior_strength(self) -> float:
+        """How many plays the genre prior weighs against the listener's own (more with taste
+        clusters: their prior is the listener's own kind, not a global 0.5)."""
+        return 5.0 if self.embeddings is not None and self.embeddings.mixture is not None else 2.0
+
+    def _listener_vector(self, prof: ListenerProfile, served: Served | None) -> np.ndarray | None:
+        """The listener folded into the served version, cached on the profile until either changes."""
+        if served is None or not prof.track_pos:
+            return None
+        emb = served.aligned
+        key = (emb.version, len(prof.track_pos), sum(prof.track_pos.values()))
+        cached = getattr(prof, "cf", None)
+        if cached is None or cached[0] != key:
+            rows = np.fromiter(prof.track_pos.keys(), dtype=np.int64, count=len(prof.track_pos))
+            weights = np.fromiter(prof.track_pos.values(), dtype=float, count=len(rows))
+            cached = prof.cf = (key, emb.listener(rows, np.log1p(weights)))
+        return cached[1]
+
+    def cf_scores(self, prof: ListenerProfile, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Collaborative scores of each track for this listener, at the track, genre and artist
+        level: (track / genre / artist vector) . listener vector, the listener folded in from the
+        tracks they finished, standardised over the catalogue's tracks / genres / artists (zeros
+        without embeddings or plays)."""
+        served = self.served
+        u = self._listener_vector(prof, served)
+        if served is None or u is None:
+            z = np.zeros(len(tracks))
+            return z, z, z
+        sd = np.sqrt(u @ served.track_cov @ u)
+        return (_z(served.aligned.V[tracks] @ u, served.track_mean @ u, sd),
+                _z_all(served.genre_vec @ u)[self.catalogue.genre_idx[tracks]],
+                _z_all(served.artist_vec @ u)[self.artist_of[tracks]])
 
     # --- learning ---------------------------------------------------------------------------
     def profile(self, user_id: str) -> ListenerProfile:
@@ -248,7 +329,7 @@ class CandidateGenerator:
         overall = prof.taste_sum.sum(axis=0) / n_all if n_all else self.mean_sound
         taste = prof.taste(act, overall)
         dist = ((self.catalogue.features - taste) ** 2).sum(axis=1)
-        return -6.0 * dist + np.log(prof.genre_rate(self.genre_prior))[self.catalogue.genre_idx]
+        return -6.0 * dist + np.log(prof.genre_rate(self.genre_prior_of(prof), self.prior_strength()))[self.catalogue.genre_idx]
 
     def co_scores(self, prof: ListenerProfile) -> tuple[np.ndarray, np.ndarray]:
         """Sum of co-occurrence weights with the listener's recent positives; and which one gave most."""
@@ -366,6 +447,16 @@ class CandidateGenerator:
         pop, co, self.profiles = pickle.loads(blob)
         self.popularity.restore(pop)
         self.co = defaultdict(dict, co)
+
+
+def _z(x: np.ndarray, mean: float, sd: float) -> np.ndarray:
+    return (x - mean) / sd if sd > 1e-12 else np.zeros_like(x)
+
+
+def _z_all(x: np.ndarray) -> np.ndarray:
+    """Standardised across the listener's own scores: a relative preference, whatever the scale
+    of their vector (which grows with how much they played)."""
+    return _z(x, float(x.mean()), float(x.std()))
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -7,7 +7,9 @@ One row per candidate, ``N_FEATURES`` columns (names in ``FEATURE_NAMES``):
 - popularity prior (log) and popularity in this context (from the popularity generator);
 - the listener's measured affinity to the track's genre and artist, and distance to the
   listener's taste in this activity (user x track interactions);
-- co-listen and artist-neighbourhood scores; which generator proposed the track.
+- co-listen and artist-neighbourhood scores; which generator proposed the track;
+- the collaborative scores: the track's, its genre's and its artist's embedding . the
+  listener's (learned from everyone, see :mod:`embeddings`; 0 until a version is published).
 
 Pure: arrays in, arrays out.
 """
@@ -25,8 +27,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     + FEATURES
     + tuple(f"{f}^2" for f in FEATURES)
     + tuple(f"{a}*{f}" for a in ACTIVITIES for f in FEATURES)
-    + ("log_popularity", "context_popularity", "genre_affinity", "artist_affinity", "taste_distance", "genre_unexplored", "genre_residual", "artist_residual", "track_rate", "track_known",
-       "co_listen", "artist_neighbour")
+    + ("log_popularity", "context_popularity", "genre_affinity", "peer_genre", "artist_affinity", "taste_distance", "genre_unexplored", "genre_residual", "artist_residual", "track_rate", "track_known",
+       "co_listen", "artist_neighbour", "cf_track", "cf_genre", "cf_artist")
     + tuple(f"source={s}" for s in SOURCES)
 )
 N_FEATURES = len(FEATURE_NAMES)
@@ -52,9 +54,11 @@ def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listen
     a_pos, a_shown, a_res, a_res_n = prof.artist_arrays(len(gen.artists))
     n_all = prof.taste_n.sum()
     overall = prof.taste_sum.sum(axis=0) / n_all if n_all else gen.mean_sound
+    prior = gen.genre_prior_of(prof)  # what the listener's taste cluster finishes, per genre
     return {
         "context_popularity": pop - pop.max() if len(idx) else pop,
-        "genre_affinity": np.log(prof.genre_rate(gen.genre_prior))[g],
+        "genre_affinity": np.log(prof.genre_rate(prior, gen.prior_strength()))[g],
+        "peer_genre": np.log(prior)[g],
         "artist_affinity": np.log((a_pos[arts] + 0.5) / (a_shown[arts] + 1.0)),
         "taste_distance": ((f - prof.taste(_activity(ctx), overall)) ** 2).sum(axis=1),
         "genre_unexplored": 1.0 / np.sqrt(1.0 + prof.genre_shown[g]),
@@ -64,6 +68,7 @@ def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listen
         "track_known": cands.scores["known"],
         "co_listen": cands.scores["co-listen"],
         "artist_neighbour": cands.scores["artist"],
+        **dict(zip(("cf_track", "cf_genre", "cf_artist"), gen.cf_scores(prof, idx), strict=True)),
     }
 
 
@@ -128,4 +133,4 @@ class LinearScorer:
         return out + theta[COLUMN[f"source={SOURCES[0]}"] + cands.source]
 
 
-assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 12 + len(SOURCES)
+assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 16 + len(SOURCES)

@@ -24,6 +24,7 @@ import numpy as np
 from online_models.candidates import SOURCES, CandidateGenerator, Candidates
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
+from online_models.embeddings import TrackEmbeddings
 from online_models.features import N_FEATURES, LinearScorer, build_features
 from online_models.linear import EpsilonGreedyLinear, LinearBandit, LinTS, LinUCB
 from online_models.popularity import ContextPopularity, Slate, SlatePick
@@ -82,6 +83,9 @@ class RandomPolicy:
         return b""
 
     def restore(self, blob: bytes) -> None:
+        return None
+
+    def set_embeddings(self, emb: TrackEmbeddings | None) -> None:
         return None
 
     def export_listeners(self, users: set[str]) -> dict[str, Any]:
@@ -222,6 +226,11 @@ class HybridPolicy:
         if self.listener_layer:
             self.gen.learn_residuals(user_id, tracks[seen], residual, weight, self.layer_l2)
         return len(seen)
+
+    def set_embeddings(self, emb: TrackEmbeddings | None) -> None:
+        """Serve a published version of the track embeddings (the ``cf_score`` feature and, through
+        the ranker's own scores, the for-you candidates); None switches them off."""
+        self.gen.set_embeddings(emb.aligned(self.catalogue.track_ids, self.catalogue.genres) if emb is not None else None)
 
     def export_listeners(self, users: set[str]) -> dict[str, Any]:
         """Remove and return these listeners' profiles (what the candidate generators and the

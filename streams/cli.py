@@ -185,7 +185,8 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
 
     run_id = args.run_id or uuid.uuid4().hex[:8]
     console.print(f"simulation run {run_id} (seed {args.seed}; --run-id {run_id} replays it, event ids included)")
-    world = World(load_catalogue(settings.catalogue), n_listeners=args.listeners, seed=args.seed, run_id=run_id)
+    world = World(load_catalogue(settings.catalogue), n_listeners=args.listeners, seed=args.seed, run_id=run_id,
+                  communities=args.communities)
     rate = 0.0 if args.saturate else args.rate
     if rate:
         console.print(f"listeners paced to {rate:,.0f} events/s (a load one worker sustains); --saturate shows capacity")
@@ -229,7 +230,39 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     world, stats, worker = run_simulation(settings, args)
     print_summary(settings, world, stats, worker)
+    if args.command == "demo":
+        publish_embeddings(settings)
     return 0 if stats.slates and not stats.timed_out else 1
+
+
+def publish_embeddings(settings: Settings) -> None:
+    """The embedding job once, on what the demo's listeners did (read through the worker, which
+    owns the chDB store), then wait for the worker to serve the version."""
+    from online_models import embeddings
+
+    url = f"http://{settings.web_host}:{settings.web_port}"
+    console.print("[bold]Embedding job[/bold] (python -m online_models.embeddings train --worker URL)")
+    if embeddings.main(["train", "--worker", url, "--days", "3650"]) != 0:
+        return
+    deadline = time.monotonic() + settings.embeddings_poll_s + 20
+    while time.monotonic() < deadline:
+        served = _worker_gauge(settings, "encore_embeddings_tracks")
+        if served:
+            console.print(f"the worker serves it: {served:,.0f} catalogue tracks with a vector "
+                          "(encore_embeddings_tracks); slates now use cf_* features and taste clusters")
+            return
+        time.sleep(1.0)
+    console.print(f"[yellow]the worker has not loaded it yet; see {settings.log_dir}/worker.log (step=embeddings)[/yellow]")
+
+
+def _worker_gauge(settings: Settings, name: str) -> float:
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            text = resp.read().decode()
+    except Exception:
+        return 0.0
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 def print_summary(settings: Settings, world, stats, worker: dict[str, float]) -> None:  # type: ignore[no-untyped-def]
@@ -380,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--bad-rate", type=float, default=0.005 if name == "demo" else 0.0,
                        help="share of requests followed by a malformed record (DLQ path)")
         p.add_argument("--seed", type=int, default=11)
+        p.add_argument("--communities", type=int, default=8,
+                       help="taste communities of the simulated listeners (0: the old world, independent tastes)")
         p.add_argument("--rate", type=float, default=500.0 if name == "demo" else 0.0,
                        help="events/s the listeners send at most (0: as fast as slates come back)")
         p.add_argument("--saturate", action="store_true", help="no pace: as many listeners as --concurrency, "

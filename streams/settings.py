@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     control_poll_s: float = Field(2.0, gt=0, description="how often a worker reads the control state "
                                   "(experiments started / stopped, flags) from Redis")
 
+    # --- embeddings (online_models.embeddings) ------------------------------------------
+    embeddings_dir: Path | None = Field(None, description="where the embedding job publishes versions "
+                                        "(default: <state_dir>/embeddings)")
+    embeddings_poll_s: float = Field(10.0, gt=0, description="how often a worker looks for a new version")
+
     # --- analytics ----------------------------------------------------------------------
     analytics_enabled: bool = True
     snapshot_interval_s: float = Field(10.0, gt=0, description="leaderboard snapshot period")
@@ -125,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.embeddings_dir or self.state_dir / "embeddings"
 
     @property
     def log_dir(self) -> Path:

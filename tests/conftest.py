@@ -56,4 +56,4 @@ API_KEY = "test-key"
 def worker(stack: Stack) -> tuple[Settings, str]:
     """One real worker process for the session (it owns the session's chDB store)."""
     return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD, snapshot_interval_s=2.0,
-                        api_keys=API_KEY)
+                        api_keys=API_KEY, embeddings_poll_s=1.0)

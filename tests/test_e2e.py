@@ -212,7 +212,7 @@ def test_readme_foreign_client_example_yields_a_slate_and_a_dead_letter(worker, 
 
 
 def test_demo_command_prints_its_summary(worker) -> None:  # type: ignore[no-untyped-def]
-    settings, _ = worker
+    settings, url = worker
     out = subprocess.run(
         [sys.executable, "-m", "streams.cli", "demo", "--seconds", "4", "--listeners", "200", "--concurrency", "40",
          "--bad-rate", "0.05"],
@@ -224,6 +224,14 @@ def test_demo_command_prints_its_summary(worker) -> None:  # type: ignore[no-unt
     sent = re.search(r"events sent by listeners\s*│\s*([\d,]+) in", out.stdout)
     assert processed and sent and processed.group(1) == sent.group(1) and int(sent.group(1).replace(",", "")) > 0
     assert "Top tracks" in out.stdout and "timed out 0" in out.stdout
+    # the demo ends with the embedding job: trained on the events in ClickHouse (read through the
+    # worker), published, and served by the worker without a restart
+    assert "published " in out.stdout and "the worker serves it" in out.stdout, out.stdout
+    served = worker_total(url, "encore_embeddings_tracks")
+    assert 0 < served <= 2000 and worker_total(url, "encore_embeddings_trained_timestamp_seconds") > 0
+    user = next(m.group(1) for m in re.finditer(r"(u-\d{5})", out.stdout))
+    model = json.loads(urllib.request.urlopen(f"{url}/v1/users/{user}/model", timeout=5).read())
+    assert model["embeddings"] and model["embeddings"].startswith("als-")
 
 
 def test_worker_awards_karma_once_and_malformed_events_change_nothing(worker) -> None:  # type: ignore[no-untyped-def]

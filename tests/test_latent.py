@@ -12,7 +12,16 @@ import scipy.sparse as sp
 
 from bench.offline_models import simulated_plays
 from online_models.evaluate import main
-from online_models.latent import ALS, MODELS, Interactions, Popularity, evaluate, fold_in, matrices, split_frame
+from online_models.latent import (
+    ALS,
+    MODELS,
+    Interactions,
+    Popularity,
+    evaluate,
+    fold_in,
+    matrices,
+    split_frame,
+)
 
 
 @pytest.fixture(scope="module")
