@@ -13,7 +13,8 @@ DEMO_FLAGS ?=
 
 .PHONY: install system-deps up down status demo test test-unit test-integration test-e2e test-faults lint schemas \
         clean bench \
-        bench-karma bench-clickhouse bench-experiments bench-recommenders bench-bandits bench-ceiling bench-throughput
+        bench-karma bench-clickhouse bench-experiments bench-recommenders bench-bandits bench-ceiling bench-throughput \
+        bench-offline-1m
 
 install: $(STAMP) system-deps
 
@@ -75,8 +76,15 @@ bench: bench-karma bench-clickhouse bench-experiments bench-recommenders bench-b
 # closed-loop simulator, 100k events per policy: regret curves in bench/out/closed_loop.png
 bench-recommenders: install
 	$(PY) -m bench.closed_loop
+	$(PY) -m bench.embeddings_effect
+	$(PY) -m bench.offline_models
+	$(PY) -m bench.offline_models --simulator --neural
 
 # what share of the oracle is reachable: learners told part of the simulator's truth, by
+# every offline model, LightGCN and Mult-VAE included, on 1M generated rows (goal: <= 15 min)
+bench-offline-1m: install
+	$(PY) -m bench.offline_models --rows 1000000 --users 20000 --items 60000 --neural
+
 # listeners (events per listener), 3 seeds; ~15 min; plot in bench/out/ceiling.png
 bench-ceiling: install
 	$(PY) -m bench.ceiling --listeners 30,100,300 --seeds 7,8,9

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from bench.workload import read_workload, workload
@@ -128,11 +129,35 @@ def wait_ready(port: int, timeout: float = 120) -> None:
     raise RuntimeError(f"worker on :{port} not ready in {timeout} s; see its log under the bench state dir")
 
 
+def workload_embeddings(records: list[tuple[bytes, bytes]]) -> Any:
+    """The embedding job over the workload's own plays (what it would read from ClickHouse)."""
+    from agents.worker import load_catalogue
+    from online_models import embeddings
+    from schemas.wire import Serde, decode_events
+
+    cat = load_catalogue(Settings().catalogue)
+    counts: dict[tuple[str, str], list[int]] = {}
+    serde = Serde()
+    for _, value in records:
+        for e in decode_events(value, serde, max_bytes=10**7, max_events=10**6).events:
+            if e.kind in ("play_start", "play_end") and e.track_id in cat.index:
+                counts.setdefault((e.user_id, e.track_id), [0, 0])[e.kind == "play_end"] += 1
+    df = pd.DataFrame([(u, t, cat.genre_of(cat.index[t]), p, f) for (u, t), (p, f) in counts.items()],
+                      columns=embeddings.COLUMNS)
+    return embeddings.train(df, weight="finished", genre="genre", played="played")
+
+
 def drain(bench: Bench, records: list[tuple[bytes, bytes]], workers: int = 1,
-          profile: Path | None = None, **overrides: Any) -> dict[str, Any]:
+          profile: Path | None = None, embeddings: Any = None, **overrides: Any) -> dict[str, Any]:
     """Records on the topic first, then the workers start; events/s from first record to last.
-    With ``profile``, py-spy samples the (first) worker into that file (collapsed stacks)."""
+    With ``profile``, py-spy samples the (first) worker into that file (collapsed stacks); with
+    ``embeddings``, that version is published where the workers look before they start."""
     settings = bench.fresh().model_copy(update=overrides)
+    if embeddings is not None:
+        from online_models.embeddings import publish
+
+        publish(embeddings, settings.embeddings_path)
+        settings = settings.model_copy(update={"embeddings_poll_s": 0.2})
     bench.produce(settings, records)
     started = [bench.start(settings, f"worker{i}") for i in range(workers)]
     ports = [s.web_port for s, _ in started]
@@ -369,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-tree", type=Path, default=ROOT,
                     help="run the worker of another checkout (e.g. a `git worktree` of an older commit) for a before / after")
     ap.add_argument("--out", default="throughput", help="name of the figures file in bench/out/")
+    ap.add_argument("--embeddings", action="store_true", help="(a) with an embedding version served (trained on "
+                    "the workload's plays): the cost of the cf features and taste clusters")
     ap.add_argument("--profile", action="store_true", help="py-spy the draining worker (bench/out/<out>-profile.txt)")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -381,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if "drain" not in skip:
                 say("(a) one worker drains the workload, every step on")
-                result["drain"] = drain(bench, records, profile=OUT / f"{args.out}-profile.txt" if args.profile else None)
+                emb = workload_embeddings(records) if args.embeddings else None
+                result["drain"] = drain(bench, records, profile=OUT / f"{args.out}-profile.txt" if args.profile else None,
+                                        embeddings=emb)
                 say(f"    {result['drain']['events_per_s']:,.0f} events/s; worker: {result['drain']['worker']}")
             if "bare" not in skip:
                 say("(b) a bare Faust agent reads the same records")

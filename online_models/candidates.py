@@ -106,6 +106,18 @@ class Served:
 
 
 @dataclass(frozen=True)
+class ListenerVector:
+    """A listener folded into one embedding version (kept on their profile)."""
+
+    key: tuple[Any, ...]  # (version, tracks finished, finishes): stale when any moves
+    u: np.ndarray
+    track_mean: float  # mean and sd of the listener's track scores over the catalogue
+    track_sd: float
+    genre_z: np.ndarray  # standardised genre scores
+    artist_z: np.ndarray  # standardised artist scores
+
+
+@dataclass(frozen=True)
 class Candidates:
     idx: np.ndarray  # catalogue rows
     source: np.ndarray  # index into SOURCES, per candidate
@@ -210,18 +222,22 @@ class CandidateGenerator:
         clusters: their prior is the listener's own kind, not a global 0.5)."""
         return 5.0 if self.embeddings is not None and self.embeddings.mixture is not None else 2.0
 
-    def _listener_vector(self, prof: ListenerProfile, served: Served | None) -> np.ndarray | None:
-        """The listener folded into the served version, cached on the profile until either changes."""
+    def _listener(self, prof: ListenerProfile, served: Served | None) -> ListenerVector | None:
+        """The listener folded into the served version, with what every request of theirs reuses;
+        cached on the profile until they finish another track or a new version is served."""
         if served is None or not prof.track_pos:
             return None
         emb = served.aligned
-        key = (emb.version, len(prof.track_pos), sum(prof.track_pos.values()))
+        key = (emb.version, len(prof.track_pos), float(prof.genre_pos.sum()))  # both move with each finish
         cached = getattr(prof, "cf", None)
-        if cached is None or cached[0] != key:
+        if cached is None or cached.key != key:
             rows = np.fromiter(prof.track_pos.keys(), dtype=np.int64, count=len(prof.track_pos))
             weights = np.fromiter(prof.track_pos.values(), dtype=float, count=len(rows))
-            cached = prof.cf = (key, emb.listener(rows, np.log1p(weights)))
-        return cached[1]
+            u = emb.listener(rows, np.log1p(weights))
+            cached = prof.cf = ListenerVector(key, u, float(served.track_mean @ u),
+                                              float(np.sqrt(u @ served.track_cov @ u)),
+                                              _z_all(served.genre_vec @ u), _z_all(served.artist_vec @ u))
+        return cached
 
     def cf_scores(self, prof: ListenerProfile, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Collaborative scores of each track for this listener, at the track, genre and artist
@@ -229,14 +245,12 @@ class CandidateGenerator:
         tracks they finished, standardised over the catalogue's tracks / genres / artists (zeros
         without embeddings or plays)."""
         served = self.served
-        u = self._listener_vector(prof, served)
-        if served is None or u is None:
+        lv = self._listener(prof, served)
+        if served is None or lv is None:
             z = np.zeros(len(tracks))
             return z, z, z
-        sd = np.sqrt(u @ served.track_cov @ u)
-        return (_z(served.aligned.V[tracks] @ u, served.track_mean @ u, sd),
-                _z_all(served.genre_vec @ u)[self.catalogue.genre_idx[tracks]],
-                _z_all(served.artist_vec @ u)[self.artist_of[tracks]])
+        return (_z(served.aligned.V[tracks] @ lv.u, lv.track_mean, lv.track_sd),
+                lv.genre_z[self.catalogue.genre_idx[tracks]], lv.artist_z[self.artist_of[tracks]])
 
     # --- learning ---------------------------------------------------------------------------
     def profile(self, user_id: str) -> ListenerProfile:

@@ -249,7 +249,7 @@ class LightGCNModel(_Factorised):
     name = "lightgcn"
 
     def __init__(self, dim: int = 64, layers: int = 2, epochs: int = 30, lr: float = 0.01, l2: float = 1e-4,
-                 batches_per_epoch: int = 20, min_batch: int = 4096, max_seconds: float = 360.0,
+                 batches_per_epoch: int = 20, min_batch: int = 4096, max_seconds: float = 240.0,
                  seed: int = 0) -> None:
         """``max_seconds``: training stops after the epoch that crosses it (big tables train
         fewer epochs; ``epochs_done`` says how many)."""
@@ -305,15 +305,20 @@ class LightGCNModel(_Factorised):
 
 class MultVAE:
     """Mult-VAE: encoder items -> hidden -> (mu, logvar) of a ``latent``-dim z, decoder back to a
-    softmax over items; trained on the listeners' (normalised, dropped-out) rows."""
+    softmax over items; trained on the listeners' (normalised, dropped-out) rows.
+
+    Over the ``max_items`` most popular items (the rest rank last), and the encoder reads each
+    row as a sparse tensor: the only dense product is the decoder's softmax over the items."""
 
     name = "multvae"
 
     def __init__(self, hidden: int = 600, latent: int = 200, epochs: int = 50, batch: int = 500, lr: float = 1e-3,
-                 beta_max: float = 0.2, dropout: float = 0.5, max_seconds: float = 360.0, seed: int = 0) -> None:
+                 beta_max: float = 0.2, dropout: float = 0.5, max_items: int = 20_000, max_seconds: float = 240.0,
+                 seed: int = 0) -> None:
         """``max_seconds`` as for LightGCN (the KL weight is annealed over the planned epochs)."""
         self.hidden, self.latent, self.epochs, self.batch, self.lr = hidden, latent, epochs, batch, lr
         self.beta_max, self.dropout, self.seed, self.max_seconds = beta_max, dropout, seed, max_seconds
+        self.max_items = max_items
 
     def _net(self, n_items: int) -> Any:
         import torch
@@ -324,17 +329,32 @@ class MultVAE:
         class Net(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.enc = nn.Sequential(nn.Linear(n_items, vae.hidden), nn.Tanh(), nn.Linear(vae.hidden, 2 * vae.latent))
+                self.w_in = nn.Parameter(torch.empty(n_items, vae.hidden).uniform_(-1, 1) * (6 / (n_items + vae.hidden)) ** 0.5)
+                self.b_in = nn.Parameter(torch.zeros(vae.hidden))
+                self.enc = nn.Sequential(nn.Tanh(), nn.Linear(vae.hidden, 2 * vae.latent))
                 self.dec = nn.Sequential(nn.Linear(vae.latent, vae.hidden), nn.Tanh(), nn.Linear(vae.hidden, n_items))
-                self.drop = nn.Dropout(vae.dropout)
 
             def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-                h = self.drop(nn.functional.normalize(x, dim=1))
-                mu, logvar = self.enc(h).chunk(2, dim=1)
+                """``x``: the batch's normalised (and dropped-out) rows, a sparse tensor."""
+                mu, logvar = self.enc(torch.sparse.mm(x, self.w_in) + self.b_in).chunk(2, dim=1)
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
                 return self.dec(z), mu, logvar
 
         return Net()
+
+    def _rows(self, rows: np.ndarray, rng: np.random.Generator | None) -> tuple[Any, sp.coo_matrix]:
+        """The rows as a torch sparse tensor, L2-normalised, with dropout when ``rng`` is given."""
+        import torch
+
+        x = self.X[rows].tocoo()
+        vals = x.data.astype(np.float32)
+        if rng is not None:
+            vals = vals * (rng.random(len(vals)) >= self.dropout) / (1 - self.dropout)
+        norms = np.sqrt(np.bincount(x.row, weights=vals.astype(np.float64) ** 2, minlength=len(rows)))
+        vals = (vals / np.maximum(norms[x.row], 1e-9)).astype(np.float32)
+        t = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([x.row, x.col]).astype(np.int64)), torch.from_numpy(vals),
+                                    size=x.shape)
+        return t, x
 
     def fit(self, X: sp.csr_matrix, progress: Progress = _quiet) -> MultVAE:
         import torch
@@ -342,8 +362,11 @@ class MultVAE:
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        self.X = X.tocsr()
-        n_users, n_items = X.shape
+        counts = np.asarray((X > 0).sum(axis=0)).ravel()
+        self.keep = np.sort(np.argsort(-counts, kind="stable")[: self.max_items])
+        self.n_items = X.shape[1]
+        self.X = X.tocsr()[:, self.keep].tocsr()
+        n_users, n_items = self.X.shape
         self.net = self._net(n_items)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         steps = self.epochs * -(-n_users // self.batch)
@@ -354,9 +377,11 @@ class MultVAE:
             order = rng.permutation(n_users)
             for start in range(0, n_users, self.batch):
                 rows = order[start:start + self.batch]
-                x = torch.from_numpy(self.X[rows].toarray())
+                x, raw = self._rows(rows, rng)
                 logits, mu, logvar = self.net(x)
-                nll = -(torch.log_softmax(logits, 1) * x).sum(1).mean()
+                # multinomial log-likelihood of the (undropped) row: only its nonzero entries count
+                logp = torch.log_softmax(logits, 1)[torch.from_numpy(raw.row), torch.from_numpy(raw.col)]
+                nll = -(logp * torch.from_numpy(raw.data.astype(np.float32))).sum() / len(rows)
                 kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
                 beta = min(self.beta_max, self.beta_max * step / max(1, steps * 0.8))
                 loss = nll + beta * kl
@@ -376,9 +401,11 @@ class MultVAE:
     def scores(self, users: np.ndarray) -> np.ndarray:
         import torch
 
+        out = np.full((len(users), self.n_items), -1e9, dtype=np.float32)  # items left out rank last
         with torch.no_grad():
-            logits, _, _ = self.net(torch.from_numpy(self.X[users].toarray()))
-        return logits.numpy()
+            logits, _, _ = self.net(self._rows(users, None)[0])
+        out[:, self.keep] = logits.numpy()
+        return out
 
 
 MODELS: dict[str, Callable[..., Model]] = {
