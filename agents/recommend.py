@@ -25,7 +25,7 @@ from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.policy import Decided, HybridPolicy, RandomPolicy
 from online_models.reward import Closed, Decision, Feedback, RecentIds, RewardJoin
-from schemas.events import Interaction, Kind, Recommendation, RewardItem, RewardRecord, SlateItem
+from schemas.events import Contribution, Interaction, Kind, Recommendation, RewardItem, RewardRecord, SlateItem
 
 STEP = "recommend"
 REC_NAMESPACE = uuid.UUID("5f0c1c34-7b0e-4d53-9b0f-2f1f7e6c9a10")
@@ -141,7 +141,8 @@ class Recommender:
         slate = decided.slate
         items = [
             SlateItem(track_id=self.catalogue.track_ids[p.track_idx], position=pos, score=p.score,
-                      propensity=p.propensity, source=p.source, explanation=p.explanation)
+                      propensity=p.propensity, source=p.source, explanation=p.explanation,
+                      contributions=[Contribution(feature=f, value=v) for f, v in p.contributions])
             for pos, p in enumerate(slate.picks)
         ]
         rec = Recommendation(

@@ -25,7 +25,7 @@ from online_models.candidates import SOURCES, CandidateGenerator, Candidates
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.embeddings import TrackEmbeddings
-from online_models.features import N_FEATURES, LinearScorer, build_features
+from online_models.features import FEATURE_NAMES, N_FEATURES, LinearScorer, build_features
 from online_models.linear import EpsilonGreedyLinear, LinearBandit, LinTS, LinUCB
 from online_models.popularity import ContextPopularity, Slate, SlatePick
 from online_models.rl import SessionDQN, SessionState
@@ -175,13 +175,29 @@ class HybridPolicy:
         order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
                                     self.gen.discovery(user_id, cands.idx))
         state.slates += 1
+        why = self.contributions(X[order], offset[order] if offset is not None else None)
         picks = tuple(
             SlatePick(int(cands.idx[i]), float(s), float(p), SOURCES[cands.source[i]],
-                      self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx))
-            for i, p, s in zip(order, props, scores, strict=True)
+                      self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx), c)
+            for i, p, s, c in zip(order, props, scores, why, strict=True)
         )
         payload = (X[order].astype(np.float32), replace(state), user_id, cands.idx[order])
         return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version), payload)
+
+    def contributions(self, X: np.ndarray, offset: np.ndarray | None, top: int = 3
+                      ) -> list[tuple[tuple[str, float], ...]]:
+        """Per slate row, the ``top`` features with the largest |value x weight| (exact: a linear
+        ranker's exploit score is their sum, with the bias and the listener layer's offset).
+        Empty for the DQN, whose score has no such split."""
+        if isinstance(self.ranker, SessionDQN):
+            return [()] * len(X)
+        parts = X * self.ranker.theta
+        names = FEATURE_NAMES
+        if offset is not None:
+            parts = np.column_stack([parts, offset])
+            names = (*FEATURE_NAMES, "listener_layer")
+        best = np.argsort(-np.abs(parts), axis=1)[:, :top]
+        return [tuple((names[j], round(float(row[j]), 4)) for j in cols) for row, cols in zip(parts, best, strict=True)]
 
     def explain(self, track: int, source: int, anchor: int, ctx: ListeningContext) -> str:
         name = SOURCES[source]

@@ -30,6 +30,7 @@ class SlatePick:
     propensity: float
     source: str
     explanation: str
+    contributions: tuple[tuple[str, float], ...] = ()  # (feature, value x weight), largest |share| first
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,13 @@ class EventBatch(_Input):
     events: list[Interaction] = Field(min_length=1)
 
 
+class Contribution(_Model):
+    """One feature's share of an item's score (feature value x its weight in a linear policy)."""
+
+    feature: str
+    value: float
+
+
 class SlateItem(_Model):
     track_id: str
     position: int = Field(ge=0)
@@ -240,6 +247,11 @@ class SlateItem(_Model):
     )
     source: str = Field(description="candidate source, e.g. popularity:context")
     explanation: str
+    contributions: list[Contribution] = Field(
+        default_factory=list,
+        description="why this track: the features that added or took most from its score, largest first "
+        "(exact for the linear policies: value x weight; 'listener_layer' is the listener's own offset)",
+    )
 
 
 class Recommendation(_Model):
