@@ -25,7 +25,15 @@ from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.policy import Decided, HybridPolicy, RandomPolicy
 from online_models.reward import Closed, Decision, Feedback, RecentIds, RewardJoin
-from schemas.events import Contribution, Interaction, Kind, Recommendation, RewardItem, RewardRecord, SlateItem
+from schemas.events import (
+    Contribution,
+    Interaction,
+    Kind,
+    Recommendation,
+    RewardItem,
+    RewardRecord,
+    SlateItem,
+)
 
 STEP = "recommend"
 REC_NAMESPACE = uuid.UUID("5f0c1c34-7b0e-4d53-9b0f-2f1f7e6c9a10")
