@@ -499,7 +499,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     if analytics is not None:
         from dashboard.web import register_dashboard
 
-        register_dashboard(app, analytics.store, store)
+        register_dashboard(app, analytics.store, store, catalogue)
 
     def readiness() -> dict[str, object]:
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic.get_topic_name())

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from online_models.catalogue import FEATURES, Catalogue
+
 Query = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -147,8 +151,13 @@ def leaderboard_history(q: Query, board: str = "global", top: int = 5) -> dict[s
 
 
 def artist_graph(q: Query, user: str, n: int = 12) -> dict[str, Any]:
-    """The listener's most completed artists, linked by co-listening: an edge's weight is how
-    many listeners completed tracks of both artists."""
+    """The listener's most completed artists as a graph people can read: two artists are linked
+    when listeners who finish one finish the other more than the listener set's typical pair
+    (Jaccard similarity of their listener sets above the median of the pairs); communities by
+    Louvain modularity and positions by a force layout (networkx, seeded: the same data draws
+    the same picture). An edge's weight is how many listeners completed both artists."""
+    import networkx as nx
+
     nodes = q(
         "SELECT artist_id, count() AS plays FROM events FINAL WHERE user_id = {user:String} "
         "AND kind = 'play_end' AND artist_id != '' GROUP BY artist_id ORDER BY plays DESC, artist_id "
@@ -157,20 +166,63 @@ def artist_graph(q: Query, user: str, n: int = 12) -> dict[str, Any]:
     )
     if not nodes:
         return {"nodes": [], "edges": []}
-    edges = q(
-        """
-        WITH listened AS (
-            SELECT DISTINCT user_id, artist_id FROM events FINAL
-            WHERE kind = 'play_end' AND has({artists:Array(String)}, artist_id)
-        )
-        SELECT a.artist_id AS source, b.artist_id AS target, count() AS weight
-        FROM listened AS a INNER JOIN listened AS b ON a.user_id = b.user_id
-        WHERE a.artist_id < b.artist_id GROUP BY source, target ORDER BY weight DESC, source, target
-        """,
-        {"artists": [r["artist_id"] for r in nodes]},
+    artists = [r["artist_id"] for r in nodes]
+    listened = (
+        "WITH listened AS (SELECT DISTINCT user_id, artist_id FROM events FINAL "
+        "WHERE kind = 'play_end' AND has({artists:Array(String)}, artist_id)) "
     )
-    return {"nodes": [{"id": r["artist_id"], "plays": int(r["plays"])} for r in nodes],
-            "edges": [{"source": e["source"], "target": e["target"], "weight": int(e["weight"])} for e in edges]}
+    fans = {r["artist_id"]: int(r["n"]) for r in q(
+        listened + "SELECT artist_id, count() AS n FROM listened GROUP BY artist_id", {"artists": artists})}
+    edges = q(
+        listened + "SELECT a.artist_id AS source, b.artist_id AS target, count() AS weight "
+        "FROM listened AS a INNER JOIN listened AS b ON a.user_id = b.user_id "
+        "WHERE a.artist_id < b.artist_id GROUP BY source, target ORDER BY weight DESC, source, target",
+        {"artists": artists},
+    )
+    for e in edges:
+        e["jaccard"] = e["weight"] / max(1, fans.get(e["source"], 0) + fans.get(e["target"], 0) - e["weight"])
+    cut = float(np.median([e["jaccard"] for e in edges])) if edges else 0.0
+    kept = [e for e in edges if e["jaccard"] > cut or len(edges) <= len(artists)]
+    g = nx.Graph()
+    g.add_nodes_from(artists)
+    g.add_weighted_edges_from((e["source"], e["target"], e["jaccard"]) for e in kept)
+    groups = nx.community.louvain_communities(g, weight="weight", seed=0) if kept else [{a} for a in artists]
+    community = {a: i for i, members in enumerate(sorted(groups, key=lambda m: (-len(m), min(m)))) for a in members}
+    pos = nx.spring_layout(g, weight="weight", seed=0)
+    return {"nodes": [{"id": r["artist_id"], "plays": int(r["plays"]), "community": community[r["artist_id"]],
+                       "x": round(float(pos[r["artist_id"]][0]), 4), "y": round(float(pos[r["artist_id"]][1]), 4)}
+                      for r in nodes],
+            "edges": [{"source": e["source"], "target": e["target"], "weight": int(e["weight"]),
+                       "jaccard": round(float(e["jaccard"]), 4)} for e in kept]}
+
+
+def track_map(q: Query, catalogue: Catalogue, user: str | None = None, method: str = "pca",
+              limit: int = 3000) -> dict[str, Any]:
+    """The catalogue on two axes of its audio features (PCA by default; t-SNE with
+    ``method=tsne``), coloured by genre, with the tracks ``user`` finished marked. At most
+    ``limit`` tracks (the most popular) so a big catalogue still draws."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    if method not in ("pca", "tsne"):
+        raise ValueError("method must be pca or tsne")
+    rows = np.sort(np.argsort(-catalogue.popularity, kind="stable")[:limit])
+    X = catalogue.features[rows]
+    X = (X - X.mean(axis=0)) / np.maximum(X.std(axis=0), 1e-9)
+    if method == "pca":
+        pca = PCA(n_components=2, random_state=0).fit(X)
+        xy, explained = pca.transform(X), [round(float(v), 3) for v in pca.explained_variance_ratio_]
+    else:
+        perplexity = min(30.0, (len(X) - 1) / 3)
+        xy, explained = TSNE(n_components=2, random_state=0, init="pca", perplexity=perplexity).fit_transform(X), None
+    mine: set[str] = set()
+    if user:
+        mine = {r["track_id"] for r in q("SELECT DISTINCT track_id FROM events FINAL WHERE user_id = {user:String} "
+                                         "AND kind = 'play_end'", {"user": user})}
+    return {"method": method, "explained_variance": explained, "features": list(FEATURES),
+            "tracks": [{"id": catalogue.track_ids[i], "genre": catalogue.genre_of(i), "x": round(float(a), 3),
+                        "y": round(float(b), 3), "finished": catalogue.track_ids[i] in mine}
+                       for i, (a, b) in zip(rows, xy, strict=True)]}
 
 
 def throughput(q: Query, minutes: int = 60, bucket_s: int = 10) -> list[dict[str, Any]]:

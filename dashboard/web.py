@@ -20,6 +20,7 @@ import faust
 
 from dashboard import queries as Q
 from experiments.report import analyse, declared, experiments_seen
+from online_models.catalogue import Catalogue
 from online_models.embeddings import interactions_sql
 from sinks.clickhouse import ClickHouseStore
 from sinks.gamification import GamificationStore
@@ -52,7 +53,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> dict[str, Any]:
+def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
+        catalogue: Catalogue | None = None) -> dict[str, Any]:
     """name -> function(params) returning JSON-able data. Unknown / bad params raise ValueError."""
     q = clickhouse.query
 
@@ -90,6 +92,11 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
         return analyse(q, name, primary=p.get("primary") or primary, mde=mde, weights=weights,
                        churn_days=churn_days, guardrails=guardrails).as_dict()
 
+    def need_catalogue() -> Catalogue:
+        if catalogue is None:
+            raise ValueError("this worker serves no catalogue")
+        return catalogue
+
     def int_param(p: dict[str, str], name: str, default: int, high: int) -> int:
         try:
             value = int(p.get(name, default))
@@ -114,13 +121,16 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> d
         "leaderboard": leaderboard,
         "experiments": lambda p: experiments_seen(q),
         "experiment": experiment,
+        "track_map": lambda p: Q.track_map(q, need_catalogue(), p.get("user") or None, p.get("method", "pca"),
+                                           int_param(p, "limit", 3000, 20000)),
         # the embedding job's input, for a chDB store only this worker can open
         "interactions": lambda p: q(interactions_sql(float(int_param(p, "days", 30, 3650)))),
     }
 
 
-def register_dashboard(app: faust.App, clickhouse: ClickHouseStore, redis_store: GamificationStore | None) -> None:
-    handlers = api(clickhouse, redis_store)
+def register_dashboard(app: faust.App, clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
+                       catalogue: Catalogue | None = None) -> None:
+    handlers = api(clickhouse, redis_store, catalogue)
     page = (STATIC / "index.html").read_text()
 
     @app.page("/dashboard/")

@@ -101,8 +101,14 @@ class Served:
     aligned: Aligned
     genre_vec: np.ndarray  # (genres, dim): mean vector of each genre's tracks
     artist_vec: np.ndarray  # (artists, dim)
-    track_mean: np.ndarray  # (dim,): to standardise a listener's track scores
-    track_cov: np.ndarray  # (dim, dim)
+    # mean vector and covariance of the track / genre / artist vectors: a listener's scores at each
+    # level have mean m.u and sd sqrt(u'Cu), so standardising costs nothing per listener
+    track_mean: np.ndarray
+    track_cov: np.ndarray
+    genre_mean: np.ndarray
+    genre_cov: np.ndarray
+    artist_mean: np.ndarray
+    artist_cov: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,7 @@ class ListenerVector:
 
     key: tuple[Any, ...]  # (version, tracks finished, finishes): stale when any moves
     u: np.ndarray
-    track_mean: float  # mean and sd of the listener's track scores over the catalogue
-    track_sd: float
-    genre_z: np.ndarray  # standardised genre scores
-    artist_z: np.ndarray  # standardised artist scores
+    moments: tuple[float, ...]  # mean and sd of the listener's track, genre and artist scores (6 numbers)
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ class CandidateGenerator:
             np.add.at(sums, groups[emb.known], emb.V[emb.known])
             levels.append(sums / np.maximum(np.bincount(groups[emb.known], minlength=n)[:, None], 1))
         known = emb.V[emb.known]
-        self.served = Served(emb, levels[0], levels[1], known.mean(axis=0), np.cov(known, rowvar=False))
+        self.served = Served(emb, levels[0], levels[1], *_moments(known), *_moments(levels[0]), *_moments(levels[1]))
 
     @property
     def embeddings(self) -> Aligned | None:
@@ -234,9 +237,11 @@ class CandidateGenerator:
             rows = np.fromiter(prof.track_pos.keys(), dtype=np.int64, count=len(prof.track_pos))
             weights = np.fromiter(prof.track_pos.values(), dtype=float, count=len(rows))
             u = emb.listener(rows, np.log1p(weights))
-            cached = prof.cf = ListenerVector(key, u, float(served.track_mean @ u),
-                                              float(np.sqrt(u @ served.track_cov @ u)),
-                                              _z_all(served.genre_vec @ u), _z_all(served.artist_vec @ u))
+            moments = tuple(float(x) for m, c in ((served.track_mean, served.track_cov),
+                                                  (served.genre_mean, served.genre_cov),
+                                                  (served.artist_mean, served.artist_cov))
+                            for x in (m @ u, np.sqrt(max(u @ c @ u, 0.0))))
+            cached = prof.cf = ListenerVector(key, u, moments)  # ~40 numbers per listener
         return cached
 
     def cf_scores(self, prof: ListenerProfile, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,8 +254,10 @@ class CandidateGenerator:
         if served is None or lv is None:
             z = np.zeros(len(tracks))
             return z, z, z
-        return (_z(served.aligned.V[tracks] @ lv.u, lv.track_mean, lv.track_sd),
-                lv.genre_z[self.catalogue.genre_idx[tracks]], lv.artist_z[self.artist_of[tracks]])
+        tm, ts, gm, gs, am, as_ = lv.moments
+        return (_z(served.aligned.V[tracks] @ lv.u, tm, ts),
+                _z(served.genre_vec[self.catalogue.genre_idx[tracks]] @ lv.u, gm, gs),
+                _z(served.artist_vec[self.artist_of[tracks]] @ lv.u, am, as_))
 
     # --- learning ---------------------------------------------------------------------------
     def profile(self, user_id: str) -> ListenerProfile:
@@ -464,13 +471,17 @@ class CandidateGenerator:
 
 
 def _z(x: np.ndarray, mean: float, sd: float) -> np.ndarray:
+    """Standardised: a relative preference, whatever the scale of the listener's vector (which
+    grows with how much they played)."""
     return (x - mean) / sd if sd > 1e-12 else np.zeros_like(x)
 
 
-def _z_all(x: np.ndarray) -> np.ndarray:
-    """Standardised across the listener's own scores: a relative preference, whatever the scale
-    of their vector (which grows with how much they played)."""
-    return _z(x, float(x.mean()), float(x.std()))
+def _moments(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean vector and covariance of a set of embedding vectors (rows)."""
+    if len(vectors) < 2:
+        d = vectors.shape[1]
+        return (vectors.mean(axis=0) if len(vectors) else np.zeros(d)), np.zeros((d, d))
+    return vectors.mean(axis=0), np.cov(vectors, rowvar=False, bias=True)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

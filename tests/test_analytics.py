@@ -179,8 +179,20 @@ def test_artist_graph_links_artists_by_co_listening(store, fixture_data) -> None
     a0, a20 = CAT.artist_ids[0], CAT.artist_ids[20]
     assert {n["id"] for n in graph["nodes"]} >= {a0, a20}
     edge = next(e for e in graph["edges"] if {e["source"], e["target"]} == {a0, a20})
-    assert edge["weight"] == 2  # ann and bob both completed both artists
+    assert edge["weight"] == 2 and 0 < edge["jaccard"] <= 1  # ann and bob both completed both artists
+    assert all({"x", "y", "community"} <= set(n) for n in graph["nodes"])
+    assert graph == Q.artist_graph(store.query, fixture_data["ann"])  # seeded: the same picture again
     assert Q.artist_graph(store.query, "nobody") == {"nodes": [], "edges": []}
+
+
+def test_track_map_is_a_pca_of_the_audio_features(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    m = Q.track_map(store.query, CAT, fixture_data["ann"])
+    assert len(m["tracks"]) == len(CAT) and m["method"] == "pca"
+    assert 0 < m["explained_variance"][1] <= m["explained_variance"][0] < 1
+    assert any(t["finished"] for t in m["tracks"]) and not all(t["finished"] for t in m["tracks"])
+    assert len(Q.track_map(store.query, CAT, None, "tsne", limit=60)["tracks"]) == 60
+    with pytest.raises(ValueError, match="pca or tsne"):
+        Q.track_map(store.query, CAT, None, "umap")
 
 
 def test_throughput_and_listeners(store, fixture_data) -> None:  # type: ignore[no-untyped-def]

@@ -75,7 +75,7 @@ def test_every_chart_renders_data_without_console_errors(traffic, browser, page)
     charts = load(browser, target)
     expected = {"ops": {"throughput", "quality", "leaderboard", "leaderboard_history", "rising", "top_tracks",
                         "heatmap", "activity"},
-                "listener": {"profile", "karma", "heatmap", "graph", "activity"}}[page]
+                "listener": {"profile", "karma", "heatmap", "graph", "activity", "trackmap"}}[page]
     assert {c[0] for c in charts} == expected
     for chart_id, points, error, traces in charts:
         assert error is None, f"{chart_id}: {error}"

@@ -110,20 +110,38 @@ async function listenerView() {
     }],
     ["Listening heatmap", "heatmap", async el => heatmap(el, await get("heatmap", { user }))],
     ["Artist connections (linked by co-listening)", "graph", async el => {
+      // positions and communities come laid out by the server (force layout, Louvain communities)
       const g = await get("artist_graph", { user });
       const n = g.nodes.length;
-      const pos = Object.fromEntries(g.nodes.map((node, i) => [node.id, [Math.cos(2 * Math.PI * i / n), Math.sin(2 * Math.PI * i / n)]]));
-      const maxW = Math.max(1, ...g.edges.map(e => e.weight));
+      const pos = Object.fromEntries(g.nodes.map(node => [node.id, [node.x, node.y]]));
+      const maxJ = Math.max(1e-9, ...g.edges.map(e => e.jaccard));
       const edges = g.edges.map(e => ({ type: "scatter", mode: "lines", hoverinfo: "skip", showlegend: false,
         x: [pos[e.source][0], pos[e.target][0]], y: [pos[e.source][1], pos[e.target][1]],
-        line: { width: 1 + 5 * e.weight / maxW, color: "#9ab" } }));
+        line: { width: 0.5 + 4 * e.jaccard / maxJ, color: "#9ab" } }));
       const nodes = { type: "scatter", mode: "markers+text", showlegend: false, text: g.nodes.map(x => x.id), textposition: "top center",
         x: g.nodes.map(x => pos[x.id][0]), y: g.nodes.map(x => pos[x.id][1]),
-        marker: { size: g.nodes.map(x => 10 + 3 * Math.sqrt(x.plays)), color: "#2a6fdb" } };
+        hovertext: g.nodes.map(x => `${x.id}: ${x.plays} finished plays, community ${x.community + 1}`), hoverinfo: "text",
+        marker: { size: g.nodes.map(x => 10 + 3 * Math.sqrt(x.plays)), color: g.nodes.map(x => x.community), colorscale: "Portland" } };
       plot(el, n ? [...edges, nodes] : [], { xaxis: { visible: false }, yaxis: { visible: false } });
       el.dataset.points = n;
     }],
     ["Activity over the day", "activity", async el => activity(el, await get("activity", { user }))],
+    ["The catalogue by sound (PCA of audio features; ★ = finished by this listener)", "trackmap", async el => {
+      const m = await get("track_map", { user });
+      const genres = [...new Set(m.tracks.map(t => t.genre))].sort();
+      const traces = genres.map(g => {
+        const ts = m.tracks.filter(t => t.genre === g);
+        return { type: "scattergl", mode: "markers", name: g, x: ts.map(t => t.x), y: ts.map(t => t.y),
+          text: ts.map(t => t.id), hoverinfo: "text+name", marker: { size: 4, opacity: 0.5 } };
+      });
+      const mine = m.tracks.filter(t => t.finished);
+      traces.push({ type: "scatter", mode: "markers", name: "finished", x: mine.map(t => t.x), y: mine.map(t => t.y),
+        text: mine.map(t => t.id), marker: { symbol: "star", size: 10, color: "#111" } });
+      const ev = m.explained_variance || [0, 0];
+      plot(el, traces, { xaxis: { title: `PC1 (${(100 * ev[0]).toFixed(0)}% of variance)` },
+                         yaxis: { title: `PC2 (${(100 * ev[1]).toFixed(0)}%)` } });
+      el.dataset.points = m.tracks.length;
+    }],
   ];
   await run(jobs);
 }
