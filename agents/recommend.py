@@ -26,7 +26,6 @@ from online_models.context import ListeningContext
 from online_models.policy import Decided, HybridPolicy, RandomPolicy
 from online_models.reward import Closed, Decision, Feedback, RecentIds, RewardJoin
 from schemas.events import (
-    Contribution,
     Interaction,
     Kind,
     Recommendation,
@@ -150,7 +149,7 @@ class Recommender:
         items = [
             SlateItem(track_id=self.catalogue.track_ids[p.track_idx], position=pos, score=p.score,
                       propensity=p.propensity, source=p.source, explanation=p.explanation,
-                      contributions=[Contribution(feature=f, value=v) for f, v in p.contributions])
+                      why_features=p.why[0], why_values=p.why[1])
             for pos, p in enumerate(slate.picks)
         ]
         rec = Recommendation(

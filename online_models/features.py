@@ -55,10 +55,9 @@ def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listen
     n_all = prof.taste_n.sum()
     overall = prof.taste_sum.sum(axis=0) / n_all if n_all else gen.mean_sound
     prior = gen.genre_prior_of(prof)  # what the listener's taste cluster finishes, per genre
-    return {
+    cols = {
         "context_popularity": pop - pop.max() if len(idx) else pop,
         "genre_affinity": np.log(prof.genre_rate(prior, gen.prior_strength()))[g],
-        "peer_genre": np.log(prior)[g],
         "artist_affinity": np.log((a_pos[arts] + 0.5) / (a_shown[arts] + 1.0)),
         "taste_distance": ((f - prof.taste(_activity(ctx), overall)) ** 2).sum(axis=1),
         "genre_unexplored": 1.0 / np.sqrt(1.0 + prof.genre_shown[g]),
@@ -68,8 +67,15 @@ def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listen
         "track_known": cands.scores["known"],
         "co_listen": cands.scores["co-listen"],
         "artist_neighbour": cands.scores["artist"],
-        **dict(zip(("cf_track", "cf_genre", "cf_artist"), gen.cf_scores(prof, idx), strict=True)),
     }
+    # what is learned from everyone: only with a served embedding version (the columns stay 0
+    # otherwise, and a request pays nothing for them)
+    if gen.served is not None:
+        if gen.served.aligned.mixture is not None:
+            cols["peer_genre"] = np.log(prior)[g]
+        if prof.track_pos:
+            cols.update(zip(("cf_track", "cf_genre", "cf_artist"), gen.cf_scores(prof, idx), strict=True))
+    return cols
 
 
 def build_features(gen: CandidateGenerator, prof: ListenerProfile, ctx: ListeningContext,

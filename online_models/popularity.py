@@ -30,7 +30,7 @@ class SlatePick:
     propensity: float
     source: str
     explanation: str
-    contributions: tuple[tuple[str, float], ...] = ()  # (feature, value x weight), largest |share| first
+    why: tuple[list[str], list[float]] = ([], [])  # features and their value x weight, largest |share| first
 
 
 @dataclass(frozen=True)

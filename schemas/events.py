@@ -228,13 +228,6 @@ class EventBatch(_Input):
     events: list[Interaction] = Field(min_length=1)
 
 
-class Contribution(_Model):
-    """One feature's share of an item's score (feature value x its weight in a linear policy)."""
-
-    feature: str
-    value: float
-
-
 class SlateItem(_Model):
     track_id: str
     position: int = Field(ge=0)
@@ -247,11 +240,12 @@ class SlateItem(_Model):
     )
     source: str = Field(description="candidate source, e.g. popularity:context")
     explanation: str
-    contributions: list[Contribution] = Field(
+    why_features: list[str] = Field(
         default_factory=list,
         description="why this track: the features that added or took most from its score, largest first "
-        "(exact for the linear policies: value x weight; 'listener_layer' is the listener's own offset)",
+        "(exact for the linear policies; 'listener_layer' is the listener's own offset); empty for the DQN",
     )
+    why_values: list[float] = Field(default_factory=list, description="each why_features entry's value x weight")
 
 
 class Recommendation(_Model):

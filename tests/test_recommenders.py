@@ -103,15 +103,15 @@ def test_why_this_track_contributions_are_exact_for_the_linear_policy() -> None:
     model.ranker.update(X, rng.random(5))  # a model with weights everywhere
     offset = rng.normal(size=5)
     full = model.contributions(X, offset, top=N_FEATURES + 1)
-    assert np.allclose([sum(v for _, v in row) for row in full], X @ model.ranker.theta + offset, atol=1e-3)
+    assert np.allclose([sum(values) for _, values in full], X @ model.ranker.theta + offset, atol=1e-3)
     picks = model.recommend("u-1", "s3", WORKOUT, 10, np.random.default_rng(2)).slate.picks
     for p in picks:
-        assert len(p.contributions) == 3
-        assert all(f in FEATURE_NAMES or f == "listener_layer" for f, _ in p.contributions)
-        sizes = [abs(v) for _, v in p.contributions]
-        assert sizes == sorted(sizes, reverse=True)  # largest share first
+        names, values = p.why
+        assert len(names) == len(values) == 3
+        assert all(f in FEATURE_NAMES or f == "listener_layer" for f in names)
+        assert [abs(v) for v in values] == sorted((abs(v) for v in values), reverse=True)  # largest share first
     dqn = make_policy("session-dqn", CAT, n_candidates=150)
-    assert all(p.contributions == () for p in dqn.recommend("u-1", "s3", WORKOUT, 10, np.random.default_rng(2)).slate.picks)
+    assert all(p.why == ([], []) for p in dqn.recommend("u-1", "s3", WORKOUT, 10, np.random.default_rng(2)).slate.picks)
 
 
 def test_listener_layer_learns_the_whole_listener_offset_by_backfitting() -> None:
