@@ -26,13 +26,13 @@ from online_models.latent import (
 
 @pytest.fixture(scope="module")
 def sim() -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    df = simulated_plays(n_listeners=600, shown=150, seed=0)
+    df = simulated_plays(n_listeners=400, shown=150, seed=0)
     train, test = split_frame(df, "random", 0.2, None, "user", 0)
     tr, te = matrices(df, train, test, "user", "item", "plays", "log")
     return tr.matrix, te
 
 
-FAST = {"lightgcn": {"epochs": 15}, "multvae": {"epochs": 30}}
+FAST = {"lightgcn": {"epochs": 12}, "multvae": {"epochs": 25, "batch": 100}}
 
 
 @pytest.mark.parametrize("name", ["item-knn", "ease", "als", "lightgcn", "multvae"])
@@ -40,7 +40,7 @@ def test_each_model_ranks_held_out_completions_better_than_popularity(sim, name:
     train, test = sim
     floor = evaluate(Popularity(), train, test)
     got = evaluate(MODELS[name](**FAST.get(name, {})), train, test)
-    assert got.users == floor.users > 500
+    assert got.users == floor.users > 350
     assert got.ndcg > floor.ndcg * 1.15, f"{name}: NDCG@10 {got.ndcg:.4f} vs popularity {floor.ndcg:.4f}"
     assert got.recall > floor.recall and got.coverage > floor.coverage
 
