@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from agents.recommend import listening_context
 from online_models import embeddings
@@ -146,10 +145,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
                     got = plays.setdefault((e.user_id, e.track_id), [0, 0])
                     got[e.kind == "play_end"] += 1
             if embeddings_every and n_events >= next_refit:
-                policy.set_embeddings(embeddings.train(
-                    pd.DataFrame([(u, t, catalogue.genre_of(catalogue.index[t]), p, f) for (u, t), (p, f) in plays.items()],
-                                 columns=["user_id", "track_id", "genre", "played", "finished"]),
-                    weight="finished", genre="genre", played="played", seed=seed))
+                policy.set_embeddings(embeddings.train_on_plays(
+                    plays, lambda t: catalogue.genre_of(catalogue.index[t]), seed=seed))
                 next_refit += embeddings_every
             for closed in join.close_due(all_open=True):  # all its feedback is in: close now
                 policy.learn(closed.decision.payload, closed.rewards)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from bench.workload import read_workload, workload
@@ -142,9 +141,7 @@ def workload_embeddings(records: list[tuple[bytes, bytes]]) -> Any:
         for e in decode_events(value, serde, max_bytes=10**7, max_events=10**6).events:
             if e.kind in ("play_start", "play_end") and e.track_id in cat.index:
                 counts.setdefault((e.user_id, e.track_id), [0, 0])[e.kind == "play_end"] += 1
-    df = pd.DataFrame([(u, t, cat.genre_of(cat.index[t]), p, f) for (u, t), (p, f) in counts.items()],
-                      columns=embeddings.COLUMNS)
-    return embeddings.train(df, weight="finished", genre="genre", played="played")
+    return embeddings.train_on_plays(counts, lambda t: cat.genre_of(cat.index[t]))
 
 
 def drain(bench: Bench, records: list[tuple[bytes, bytes]], workers: int = 1,

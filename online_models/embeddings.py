@@ -89,13 +89,7 @@ class Aligned:
 
     def listener(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The listener's vector from the catalogue rows they finished (implicit-ALS user step)."""
-        d = self.V.shape[1]
-        if len(rows) == 0:
-            return np.zeros(d)
-        Yu = self.V[rows]
-        c = 1.0 + self.alpha * np.asarray(weights, dtype=np.float64)
-        A = self.gram + (Yu.T * (c - 1.0)) @ Yu + self.regularization * np.eye(d)
-        return np.linalg.solve(A, Yu.T @ c)
+        return latent.fold_in(self.V, rows, weights, self.regularization, self.alpha, self.gram)
 
 
 def train(df: pd.DataFrame, *, user: str = "user_id", item: str = "track_id", weight: str | None = None,
@@ -181,6 +175,16 @@ def interactions_sql(days: float) -> str:
 
 
 COLUMNS = ["user_id", "track_id", "genre", "played", "finished"]
+
+
+def plays_frame(plays: dict[tuple[str, str], list[int]], genre_of: Any) -> pd.DataFrame:
+    """The job's input from in-process counts: (listener, track) -> [plays, finishes], with
+    ``genre_of(track_id)`` (what the simulator benches feed it instead of ClickHouse)."""
+    return pd.DataFrame([(u, t, genre_of(t), p, f) for (u, t), (p, f) in plays.items()], columns=COLUMNS)
+
+
+def train_on_plays(plays: dict[tuple[str, str], list[int]], genre_of: Any, **kw: Any) -> TrackEmbeddings:
+    return train(plays_frame(plays, genre_of), weight="finished", genre="genre", played="played", **kw)
 
 
 def from_worker(url: str, days: float) -> pd.DataFrame:

@@ -89,11 +89,21 @@ class Model(Protocol):
 # --- neighbourhood and linear models ----------------------------------------------------------
 
 
+def listeners_per_item(X: sp.csr_matrix) -> np.ndarray:
+    return np.asarray((X > 0).sum(axis=0)).ravel()
+
+
+def most_listened(X: sp.csr_matrix, n: int) -> np.ndarray:
+    """Column ids of the ``n`` items most listeners have, in column order (models whose cost
+    grows with items squared keep these and rank the rest last)."""
+    return np.sort(np.argsort(-listeners_per_item(X), kind="stable")[:n])
+
+
 class Popularity:
     name = "popularity"
 
     def fit(self, X: sp.csr_matrix, progress: Progress = _quiet) -> Popularity:
-        self.counts = np.asarray((X > 0).sum(axis=0)).ravel().astype(np.float32)
+        self.counts = listeners_per_item(X).astype(np.float32)
         return self
 
     def scores(self, users: np.ndarray) -> np.ndarray:
@@ -140,8 +150,7 @@ class EASE:
 
     def fit(self, X: sp.csr_matrix, progress: Progress = _quiet) -> EASE:
         self.X = X.tocsr()
-        counts = np.asarray((X > 0).sum(axis=0)).ravel()
-        self.keep = np.sort(np.argsort(-counts, kind="stable")[: self.max_items])
+        self.keep = most_listened(X, self.max_items)
         Xk = self.X[:, self.keep]
         G = (Xk.T @ Xk).toarray().astype(np.float32)
         G[np.diag_indices_from(G)] += self.l2
@@ -207,14 +216,17 @@ class ALS(_Factorised):
 
 
 def fold_in(item_factors: np.ndarray, items: np.ndarray, weights: np.ndarray, regularization: float,
-            alpha: float) -> np.ndarray:
+            alpha: float, gram: np.ndarray | None = None) -> np.ndarray:
     """The implicit-ALS listener vector given item vectors: solve
-    (Y^T Y + Y_u^T (C_u - I) Y_u + reg I) x = Y_u^T C_u 1, C_u = 1 + alpha * w."""
+    (Y^T Y + Y_u^T (C_u - I) Y_u + reg I) x = Y_u^T C_u 1, C_u = 1 + alpha * w.
+    ``gram``: Y^T Y computed once, when many listeners are folded into the same vectors."""
     Y = item_factors
+    if len(items) == 0:
+        return np.zeros(Y.shape[1])
     Yu = Y[items]
     c = 1.0 + alpha * np.asarray(weights, dtype=np.float64)
-    A = Y.T @ Y + (Yu.T * (c - 1.0)) @ Yu + regularization * np.eye(Y.shape[1])
-    return np.linalg.solve(A, Yu.T @ c).astype(np.float32)
+    A = (Y.T @ Y if gram is None else gram) + (Yu.T * (c - 1.0)) @ Yu + regularization * np.eye(Y.shape[1])
+    return np.linalg.solve(A, Yu.T @ c)
 
 
 class BPR(_Factorised):
@@ -362,8 +374,7 @@ class MultVAE:
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        counts = np.asarray((X > 0).sum(axis=0)).ravel()
-        self.keep = np.sort(np.argsort(-counts, kind="stable")[: self.max_items])
+        self.keep = most_listened(X, self.max_items)
         self.n_items = X.shape[1]
         self.X = X.tocsr()[:, self.keep].tocsr()
         n_users, n_items = self.X.shape
@@ -446,7 +457,7 @@ def evaluate(model: Model, train: sp.csr_matrix, test: sp.csr_matrix, *, k: int 
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     depth = min(max(k, k2), n_items)
     discounts = 1.0 / np.log2(np.arange(2, depth + 2))
-    counts = np.asarray((train > 0).sum(axis=0)).ravel()
+    counts = listeners_per_item(train)
     info = -np.log2((counts + 1.0) / (n_users + 1.0))
     shown = np.zeros(n_items, dtype=bool)
     sums = np.zeros(4)
