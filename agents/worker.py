@@ -129,6 +129,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         name = lane.policy or settings.policy
         params: dict[str, Any] = {"temperature": settings.popularity_temperature} if name == "popularity" else {
             "profile_tracks": settings.profile_tracks, "sessions_kept": settings.sessions_kept}
+        if name == "linucb":
+            params |= {"temperature": settings.explore_temperature,
+                       "floor": settings.explore_floor if settings.explore_temperature > 0 else 0.0}
         lane_policy = make_policy(name, catalogue, rules=rules, n_candidates=settings.n_candidates,  # type: ignore[arg-type]
                                   **{**params, **dict(lane.params)})
         join = RewardJoin(replace(mapping, **dict(lane.rewards)), window_s=settings.reward_window_s,

@@ -74,7 +74,7 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
         rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
         factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 8,
-        embeddings_every: int = 0) -> Curve:
+        embeddings_every: int = 0, on_slate: Callable[[Any, np.ndarray], None] | None = None) -> Curve:
     """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
     (the ceiling bench's informed learners, which are handed part of the world's truth).
     ``embeddings_every`` > 0: every that many events the embedding job refits on the completions
@@ -120,6 +120,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
             n_events += len(out)
             # expected reward of what was reached vs the oracle's slate, position by position
             p_all = session.p_complete
+            if on_slate is not None:
+                on_slate(decided, p_all)
             allowed_p = p_all.copy()
             if exclude is not None:
                 allowed_p[exclude] = -np.inf

@@ -5,7 +5,11 @@ see :mod:`features`): reward ~ x . theta. Sufficient statistics are A = I*l2 + s
 b = sum r x; A's inverse is kept up to date with the Woodbury identity (one k x k solve per
 slate of k items), so scoring n candidates costs one (n x d) @ (d x d) product.
 
-- LinUCB:      score = x.theta + alpha * sqrt(x^T A^-1 x); greedy (propensity 1).
+- LinUCB:      score = x.theta + alpha * sqrt(x^T A^-1 x); greedy (propensity 1), or with
+               ``temperature`` > 0 each position is drawn with P ∝ exp(score / temperature)
+               among the allowed rows, mixed with a uniform draw with probability ``floor``:
+               exact propensities, every candidate possible, so the log can score other
+               policies off-policy (:mod:`evaluation`), for a small cost in reward.
 - LinTS:       score = x.theta~ with theta~ ~ N(theta, v^2 A^-1); propensities estimated by
                re-drawing ``propensity_draws`` times (Thompson sampling has no closed form).
 - EpsGreedy:   each position: the best allowed candidate with prob 1-eps, else uniform among
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from online_models.slate import Chooser, SlateRules, fill
+from online_models.slate import Chooser, SlateRules, fill, softmax_chooser
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class LinearBandit:
     policy_id = "linear"
     policy_version = "1"
     exact = True
+    #: set by the configuration; a snapshot restores what was learned, not these
+    HYPERPARAMETERS: tuple[str, ...] = ("alpha", "temperature", "floor", "v", "propensity_draws", "epsilon")
 
     def __init__(self, n_features: int, *, l2: float = 1.0, link: str = "identity") -> None:
         if n_features < 1:
@@ -155,6 +161,8 @@ class LinearBandit:
         state = pickle.loads(blob)
         if state.get("d") != self.d:
             raise ValueError(f"snapshot has {state.get('d')} features, this model {self.d}")
+        for knob in self.HYPERPARAMETERS:  # the configuration's, never an old snapshot's
+            state.pop(knob, None)
         self.__dict__.update(state)
         self._theta = None
 
@@ -162,11 +170,20 @@ class LinearBandit:
 class LinUCB(LinearBandit):
     policy_id = "linucb"
 
-    def __init__(self, n_features: int, *, alpha: float = 0.3, l2: float = 1.0, link: str = "identity") -> None:
+    def __init__(self, n_features: int, *, alpha: float = 0.3, l2: float = 1.0, link: str = "identity",
+                 temperature: float = 0.0, floor: float = 0.0) -> None:
         super().__init__(n_features, l2=l2, link=link)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+        if not 0 <= floor <= 1:
+            raise ValueError(f"floor must be in [0, 1], got {floor}")
+        if floor > 0 and temperature == 0:
+            raise ValueError("floor needs temperature > 0 (a greedy ranking with a uniform floor is eps-greedy)")
         self.alpha = alpha
+        self.temperature = temperature
+        self.floor = floor
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         bonus = np.sqrt(np.maximum(((X @ self.A_inv) * X).sum(axis=1), 0.0))
@@ -177,6 +194,8 @@ class LinUCB(LinearBandit):
         scores = self.scores(self._check(X))
         if offset is not None:
             scores = scores + offset + (spread if spread is not None else 0.0)
+        if self.temperature > 0:
+            return softmax_chooser(scores, self.temperature, rng, self.floor)
 
         def choose(allowed: np.ndarray) -> tuple[int, float, float]:
             i = _argmax(scores, allowed)

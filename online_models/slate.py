@@ -110,14 +110,21 @@ def fill(choose: Chooser, n: int, k: int, rules: SlateRules | None = None,
     return np.array(order, dtype=np.int64), np.array(props), np.array(scores)
 
 
-def softmax_chooser(scores: np.ndarray, temperature: float, rng: np.random.Generator) -> Chooser:
-    """P(row) ∝ exp(score / temperature) among the allowed rows: exact propensities."""
+def softmax_chooser(scores: np.ndarray, temperature: float, rng: np.random.Generator,
+                    floor: float = 0.0) -> Chooser:
+    """P(row) ∝ exp(score / temperature) among the allowed rows, mixed with a uniform draw with
+    probability ``floor`` (so every allowed row keeps at least floor / n_allowed: any other
+    policy over these rows can be scored off-policy). Exact propensities."""
+    if not 0 <= floor <= 1:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
     z = scores / temperature
 
     def choose(allowed: np.ndarray) -> tuple[int, float, float]:
         zz = np.where(allowed, z, -np.inf)
         w = np.exp(zz - zz.max())
         p = w / w.sum()
+        if floor > 0:
+            p = (1 - floor) * p + floor * allowed / allowed.sum()
         i = int(rng.choice(len(p), p=p))
         return i, float(p[i]), float(scores[i])
 

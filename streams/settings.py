@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     slate_size: int = Field(10, ge=1, le=100)
     catalogue: str = Field("synthetic:7:2000", description="'synthetic:SEED:N' or a JSONL path")
     popularity_temperature: float = Field(1.0, gt=0)
+    explore_temperature: float = Field(0.05, ge=0, description="LinUCB draws each slate position with P ∝ "
+                                       "exp(score / this): exact propensities, so the rewards log can score "
+                                       "other policies off-policy (0: the greedy ranking, propensity 1)")
+    explore_floor: float = Field(0.05, ge=0, le=1, description="share of LinUCB's draw that is uniform over the "
+                                 "candidates, so every candidate keeps a propensity (needs explore_temperature > 0)")
     dedupe_window: int = Field(1_000_000, ge=1, description="event ids remembered per worker")
     profile_tracks: int = Field(500, ge=4, description="tracks whose counts are kept per listener (the least "
                                 "shown are forgotten past it)")

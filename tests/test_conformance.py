@@ -209,3 +209,34 @@ def test_eps_greedy_propensities_are_exact() -> None:
         first[int(r.indices[0])] = (first.get(int(r.indices[0]), (0, r.propensities[0]))[0] + 1, r.propensities[0])
     for count, prop in first.values():
         assert count / n == pytest.approx(prop, abs=0.01)
+
+
+def test_stochastic_linucb_propensities_are_exact_and_every_candidate_keeps_one() -> None:
+    model = LinUCB(D, temperature=0.5, floor=0.1)
+    X = features(5, n=6)
+    model.update(X, X[:, 0])
+    seen: dict[int, list] = {}
+    n = 20_000
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        r = model.rank(X, 1, rng)
+        seen.setdefault(int(r.indices[0]), [0, r.propensities[0]])[0] += 1
+    assert len(seen) == 6  # the floor: every candidate is drawn sometimes
+    for count, prop in seen.values():
+        assert prop >= 0.1 / 6 - 1e-12
+        assert count / n == pytest.approx(prop, abs=0.01)
+    assert sum(p for _, p in seen.values()) == pytest.approx(1.0)
+
+
+def test_a_snapshot_restores_what_was_learned_not_the_configured_exploration() -> None:
+    old = LinUCB(D, alpha=0.9, temperature=0.0)
+    X = features(6)
+    old.update(X, X[:, 1])
+    new = LinUCB(D, alpha=0.3, temperature=0.05, floor=0.05)  # the operator changed the knobs
+    new.restore(old.snapshot())
+    assert (new.alpha, new.temperature, new.floor) == (0.3, 0.05, 0.05)
+    np.testing.assert_allclose(new.theta, old.theta)
+    with pytest.raises(ValueError, match="floor needs temperature"):
+        LinUCB(D, floor=0.1)
+    with pytest.raises(ValueError, match="temperature"):
+        LinUCB(D, temperature=-1)

@@ -106,3 +106,40 @@ def test_interactions_cli_ranks_better_than_popularity(tmp_path, capsys) -> None
     assert pol["item-knn"]["users"] > 0
     with pytest.raises(SystemExit, match="missing column"):
         main(["interactions", str(path), "--user-col", "listener"])
+
+
+def test_a_stochastic_linucb_log_scores_the_greedy_ranking_it_did_not_serve() -> None:
+    """What the worker's rewards log is for: exact propensities from LinUCB's softmax draw let
+    IPS / SNIPS / DR estimate another policy (here the greedy LinUCB) without serving it."""
+    from online_models.linear import LinUCB
+
+    rng = np.random.default_rng(3)
+    d, n_cand, n = 8, 20, 4_000
+    w_true = rng.normal(0, 0.6, d)
+    model = LinUCB(d, alpha=0.2, temperature=0.3, floor=0.05)
+    for _ in range(200):  # learn a little first: the logger is a half-trained model
+        X = rng.normal(size=(n_cand, d))
+        pick = rng.integers(n_cand, size=3)
+        model.update(X[pick], (rng.random(3) < 1 / (1 + np.exp(-(X[pick] @ w_true)))).astype(float))
+    r, p, target, q_logged, q_target, truth = [], [], [], [], [], []
+    everything = np.ones(n_cand, dtype=bool)
+    for _ in range(n):
+        X = rng.normal(size=(n_cand, d))
+        p_true = 1 / (1 + np.exp(-(X @ w_true)))
+        i, prop, _ = model.chooser(X, rng)(everything)
+        greedy = int(np.argmax(model.scores(X)))
+        q = np.clip(X @ model.theta, 0, 1)
+        r.append(float(rng.random() < p_true[i]))
+        p.append(prop)
+        target.append(float(i == greedy))
+        q_logged.append(q[i])
+        q_target.append(q[greedy])
+        truth.append(p_true[greedy])
+    r, p, target = np.array(r), np.array(p), np.array(target)
+    value = float(np.mean(truth))
+    assert 0 < p.min() and p.max() < 1  # stochastic, every logged pick possible
+    logged_value = float(r.mean())
+    assert abs(logged_value - value) > 0.05  # the logger itself is no stand-in for the target
+    assert ips(r, target, p) == pytest.approx(value, rel=0.1)
+    assert snips(r, target, p) == pytest.approx(value, rel=0.1)
+    assert doubly_robust(r, target, p, np.array(q_logged), np.array(q_target)) == pytest.approx(value, rel=0.1)
