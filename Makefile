@@ -62,7 +62,7 @@ test-e2e: install
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e --ignore=tests/faults
 
 # fault injection with real processes, full size (kill -9 x10, Redis / ClickHouse outages, partitions
-# moving, 100k hostile records, a 10-minute soak): about an hour. `make test` runs each case small.
+# moving, 100k hostile records, a 10-minute soak): about an hour. `make test` runs each case small, but the soak (minutes or nothing).
 test-faults: install
 	$(PY) -m pytest -q -p no:cacheprovider -s tests/faults
 

@@ -56,6 +56,14 @@ class Curve:
     free_oracle: list[float] = field(default_factory=list)  # cumulative oracle reward without the rules
     impressions: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    shifted: list[str] = field(default_factory=list)  # listeners whose taste changed mid-run
+
+    def rate_between(self, start: int, end: int) -> tuple[float, float]:
+        """(policy, oracle) reward per impression between two event counts."""
+        ev = np.array(self.events)
+        i, j = int(np.searchsorted(ev, start)), min(int(np.searchsorted(ev, end)), len(ev) - 1)
+        n = self.impressions[j] - self.impressions[i]
+        return (self.reward[j] - self.reward[i]) / n, (self.oracle[j] - self.oracle[i]) / n
 
     def rate_last(self, events: int, oracle: str = "oracle") -> tuple[float, float]:
         """(policy, oracle) reward per impression over the last ``events`` events."""
@@ -74,7 +82,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
         rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
         factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 8,
-        embeddings_every: int = 0, on_slate: Callable[[Any, np.ndarray], None] | None = None) -> Curve:
+        embeddings_every: int = 0, on_slate: Callable[[Any, np.ndarray], None] | None = None,
+        shift_at: int = 0, shift_share: float = 0.5) -> Curve:
     """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
     (the ceiling bench's informed learners, which are handed part of the world's truth).
     ``embeddings_every`` > 0: every that many events the embedding job refits on the completions
@@ -100,6 +109,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
     plays: dict[tuple[str, str], list[int]] = {}  # (listener, track) -> [plays, finishes]: the embedding job's input
     next_refit = embeddings_every
     while n_events < events:
+        if shift_at and n_events >= shift_at and not curve.shifted:
+            curve.shifted = world.shift_tastes(shift_share, seed)
         listener = world.listeners[int(rng.integers(len(world.listeners)))]
         clock += timedelta(seconds=int(rng.integers(1, 60)))
         session = world.start_session(listener, clock)

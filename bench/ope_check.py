@@ -92,7 +92,7 @@ class FrozenLinUCB(LinUCB):
 
     def __init__(self, base: LinUCB, rule: str | None, log: Log | None = None) -> None:
         super().__init__(base.d, alpha=base.alpha, l2=base.l2, link=base.link, temperature=base.temperature,
-                         floor=base.floor)
+                         floor=base.floor, explore_positions=base.explore_positions)
         self.A_inv, self.b = base.A_inv.copy(), base.b.copy()
         self.rule, self.log = rule, log
 

@@ -63,6 +63,7 @@ class ListenerProfile:
     liked: deque[int] = field(default_factory=lambda: deque(maxlen=20))
     session_id: str = ""
     session_pos: deque[int] = field(default_factory=lambda: deque(maxlen=10))
+    behaviour: Any = None  # online_models.behaviour.ListenerBehaviour, once they have feedback
 
     def __post_init__(self) -> None:
         self.genre_pos = np.zeros(self.n_genres)
@@ -87,6 +88,17 @@ class ListenerProfile:
         """Mean sound of what the listener liked in this activity, shrunk towards ``fallback``."""
         n = self.taste_n[activity]
         return (self.taste_sum[activity] + 2.0 * fallback) / (n + 2.0)
+
+    def fade(self, keep: float) -> None:
+        """Keep only ``keep`` of everything counted so far (their taste shifted: what they play
+        from now on should outweigh it); what they liked lately is forgotten."""
+        for arr in (self.genre_pos, self.genre_shown, self.taste_sum, self.taste_n, self.genre_res, self.genre_res_n):
+            arr *= keep
+        for d in (self.artist_pos, self.artist_shown, self.track_pos, self.track_shown):
+            for k in d:
+                d[k] *= keep
+        self.artist_res = {a: (r * keep, m * keep) for a, (r, m) in self.artist_res.items()}
+        self.liked.clear()
 
     def genre_rate(self, prior: np.ndarray, strength: float = 2.0) -> np.ndarray:
         """Smoothed share of shown tracks of each genre that the listener received well

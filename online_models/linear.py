@@ -6,10 +6,12 @@ b = sum r x; A's inverse is kept up to date with the Woodbury identity (one k x 
 slate of k items), so scoring n candidates costs one (n x d) @ (d x d) product.
 
 - LinUCB:      score = x.theta + alpha * sqrt(x^T A^-1 x); greedy (propensity 1), or with
-               ``temperature`` > 0 each position is drawn with P ∝ exp(score / temperature)
-               among the allowed rows, mixed with a uniform draw with probability ``floor``:
-               exact propensities, every candidate possible, so the log can score other
-               policies off-policy (:mod:`evaluation`), for a small cost in reward.
+               ``temperature`` > 0 the top ``explore_positions`` positions are drawn with
+               P ∝ exp(score / temperature) among the allowed rows, mixed with a uniform draw
+               with probability ``floor``: exact propensities, every candidate possible, so
+               the log can score other policies off-policy (:mod:`evaluation`). The positions
+               below stay greedy (propensity 1): exploring only where it is measured keeps its
+               cost in reward small.
 - LinTS:       score = x.theta~ with theta~ ~ N(theta, v^2 A^-1); propensities estimated by
                re-drawing ``propensity_draws`` times (Thompson sampling has no closed form).
 - EpsGreedy:   each position: the best allowed candidate with prob 1-eps, else uniform among
@@ -51,7 +53,7 @@ class LinearBandit:
     policy_version = "1"
     exact = True
     #: set by the configuration; a snapshot restores what was learned, not these
-    HYPERPARAMETERS: tuple[str, ...] = ("alpha", "temperature", "floor", "v", "propensity_draws", "epsilon")
+    HYPERPARAMETERS: tuple[str, ...] = ("alpha", "temperature", "floor", "explore_positions", "v", "propensity_draws", "epsilon")
 
     def __init__(self, n_features: int, *, l2: float = 1.0, link: str = "identity") -> None:
         if n_features < 1:
@@ -171,7 +173,7 @@ class LinUCB(LinearBandit):
     policy_id = "linucb"
 
     def __init__(self, n_features: int, *, alpha: float = 0.3, l2: float = 1.0, link: str = "identity",
-                 temperature: float = 0.0, floor: float = 0.0) -> None:
+                 temperature: float = 0.0, floor: float = 0.0, explore_positions: int = 1) -> None:
         super().__init__(n_features, l2=l2, link=link)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -181,9 +183,12 @@ class LinUCB(LinearBandit):
             raise ValueError(f"floor must be in [0, 1], got {floor}")
         if floor > 0 and temperature == 0:
             raise ValueError("floor needs temperature > 0 (a greedy ranking with a uniform floor is eps-greedy)")
+        if explore_positions < 1:
+            raise ValueError(f"explore_positions must be >= 1, got {explore_positions}")
         self.alpha = alpha
         self.temperature = temperature
         self.floor = floor
+        self.explore_positions = explore_positions
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         bonus = np.sqrt(np.maximum(((X @ self.A_inv) * X).sum(axis=1), 0.0))
@@ -194,10 +199,13 @@ class LinUCB(LinearBandit):
         scores = self.scores(self._check(X))
         if offset is not None:
             scores = scores + offset + (spread if spread is not None else 0.0)
-        if self.temperature > 0:
-            return softmax_chooser(scores, self.temperature, rng, self.floor)
+        draw = softmax_chooser(scores, self.temperature, rng, self.floor) if self.temperature > 0 else None
+        placed = [0]
 
         def choose(allowed: np.ndarray) -> tuple[int, float, float]:
+            placed[0] += 1
+            if draw is not None and placed[0] <= self.explore_positions:
+                return draw(allowed)
             i = _argmax(scores, allowed)
             return i, 1.0, float(scores[i])
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from online_models.behaviour import Behaviour
 from online_models.candidates import SOURCES, CandidateGenerator, Candidates
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
@@ -132,9 +133,12 @@ class HybridPolicy:
     def __init__(self, catalogue: Catalogue, ranker: LinearBandit | SessionDQN, *,
                  rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True,
                  layer_bonus: float = 0.5, for_you: bool = True, layer_l2: float = 1.0,
-                 profile_tracks: int = 500, profile_artists: int = 200, sessions_kept: int = 100_000) -> None:
+                 profile_tracks: int = 500, profile_artists: int = 200, sessions_kept: int = 100_000,
+                 behaviour: Behaviour | None = None, fade_on_shift: float = 0.3) -> None:
         if layer_bonus < 0:
             raise ValueError(f"layer_bonus must be >= 0, got {layer_bonus}")
+        if not 0 <= fade_on_shift <= 1:
+            raise ValueError(f"fade_on_shift must be in [0, 1] (1: taste shifts change nothing), got {fade_on_shift}")
         self.catalogue = catalogue
         self.ranker = ranker
         self.rules = rules or SlateRules()
@@ -146,6 +150,8 @@ class HybridPolicy:
         self.layer_bonus = layer_bonus
         self.for_you = for_you
         self.layer_l2 = layer_l2
+        self.behaviour = behaviour if behaviour is not None else Behaviour()
+        self.fade_on_shift = fade_on_shift
         self.policy_id = ranker.policy_id
         self.policy_version = ranker.policy_version
 
@@ -222,6 +228,13 @@ class HybridPolicy:
     def observe(self, user_id: str, session_id: str, kind: str, track_idx: int, ctx: ListeningContext,
                 rating: float | None = None) -> None:
         self.gen.observe(user_id, session_id, kind, track_idx, ctx, rating)
+        if 0 <= track_idx < len(self.catalogue):
+            prof = self.gen.profile(user_id)
+            if prof.behaviour is None:
+                prof.behaviour = self.behaviour.new_state()
+            genre = int(self.catalogue.genre_idx[track_idx])
+            if self.behaviour.observe(prof.behaviour, session_id, kind, genre, ctx) and self.fade_on_shift < 1:
+                prof.fade(self.fade_on_shift)  # their taste moved: let what they play now count more
         s = self.sessions.states.get(session_id)
         if s is not None and kind in ("play_end", "skip"):
             self.sessions.states[session_id] = replace(s.after(1.0 if kind == "play_end" else -1.0), position=0)
@@ -257,10 +270,12 @@ class HybridPolicy:
         self.gen.profiles.update(state.get("profiles", {}))
 
     def snapshot(self) -> bytes:
-        return pickle.dumps((self.ranker.snapshot(), self.gen.snapshot(), self.sessions))
+        return pickle.dumps((self.ranker.snapshot(), self.gen.snapshot(), self.sessions, self.behaviour))
 
     def restore(self, blob: bytes) -> None:
-        ranker, gen, self.sessions = pickle.loads(blob)
+        ranker, gen, self.sessions, *rest = pickle.loads(blob)  # snapshots before behaviour had three parts
+        if rest:
+            self.behaviour = rest[0]
         self.ranker.restore(ranker)
         self.gen.restore(gen)
 
@@ -275,10 +290,11 @@ def _allowed(n: int, exclude: np.ndarray | None) -> np.ndarray:
 def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0, rules: SlateRules | None = None,
                 n_candidates: int = 200, **params: Any) -> RandomPolicy | HybridPolicy:
     """A serving policy by name (see POLICIES); ``params`` go to the ranker's constructor, except
-    the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer``, ``for_you`` and the
-    memory bounds ``profile_tracks`` / ``profile_artists`` / ``sessions_kept`` (hybrid policies)."""
+    the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer``, ``for_you``, the
+    memory bounds ``profile_tracks`` / ``profile_artists`` / ``sessions_kept`` and
+    ``fade_on_shift`` (what a taste shift keeps of a profile; hybrid policies)."""
     hybrid = {k: params.pop(k) for k in ("layer_bonus", "layer_l2", "listener_layer", "for_you", "profile_tracks",
-                                         "profile_artists", "sessions_kept") if k in params}
+                                         "profile_artists", "sessions_kept", "fade_on_shift") if k in params}
     if name == "random":
         return RandomPolicy(catalogue, rules)
     if name == "popularity":

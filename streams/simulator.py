@@ -180,6 +180,23 @@ class World:
         self.by_id = {listener.user_id: listener for listener in self.listeners}
         self._popularity_pull = 0.6 * np.log(catalogue.popularity + 0.01)
 
+    def shift_tastes(self, share: float, seed: int = 0) -> list[str]:
+        """A share of the listeners changes genre taste and favourite artists at once (a move, a
+        new job, a new partner): each draws a new taste the way the world drew the first one.
+        Returns their ids (the truth a drift detector is checked against)."""
+        if not 0 <= share <= 1:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        rng = np.random.default_rng([seed, 2])
+        n_genres = len(self.catalogue.genres)
+        n_artists = int(self._artist_of.max()) + 1 if self._artist_of is not None and len(self._artist_of) else 1
+        moved = rng.choice(len(self.listeners), size=int(round(share * len(self.listeners))), replace=False)
+        for u in sorted(moved.tolist()):
+            listener = self.listeners[u]
+            listener.genre_taste = rng.dirichlet(np.full(n_genres, 0.35)) * n_genres
+            listener.favourite_artists = frozenset(int(a) for a in rng.choice(n_artists, size=min(5, n_artists),
+                                                                               replace=False))
+        return [self.listeners[u].user_id for u in sorted(moved.tolist())]
+
     # --- ground truth ---------------------------------------------------------------------
     def affinity(self, listener: Listener, activity: str) -> np.ndarray:
         """Hidden utility of every track for this listener in this activity."""
