@@ -120,6 +120,12 @@ class ListenerModel(BaseModel):
     taste_cluster: int | None = Field(None, description="the listener's taste cluster under that version")
     cluster_top_genres: dict[str, float] | None = Field(None, description="the three genres listeners like them "
                                                         "finish most, with the finish rate")
+    behaviour_cluster: int | None = Field(None, description="the session cluster their last ended session fell in "
+                                          "(online_models.behaviour; None: no session ended yet)")
+    behaviour: str | None = Field(None, description="that cluster in a few words")
+    sessions_clustered: int | None = Field(None, description="their sessions that updated the clusters")
+    taste_shifts: int | None = Field(None, description="taste shifts flagged on their completions (each fades "
+                                     "what was learned of them)")
 
 
 @dataclass(frozen=True)

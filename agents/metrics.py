@@ -78,6 +78,8 @@ class Metrics:
                                         registry=registry)
         self.embeddings_tracks = Gauge("encore_embeddings_tracks", "Catalogue tracks with a vector in the served "
                                        "embedding version", registry=registry)
+        self.taste_shifts = Gauge("encore_taste_shifts_flagged", "Taste shifts ADWIN flagged on this worker's "
+                                  "listeners since it started (each fades that listener's profile)", registry=registry)
         self.handoffs = Counter("encore_partition_handoffs_total", "Listener state of an events partition handed "
                                 "to its next owner (out) or taken over from its last one (in)", ["direction"],
                                 registry=registry)

@@ -215,7 +215,33 @@ class Recommender:
             "recent_tracks": [self.catalogue.track_ids[i] for i in (recent or ())],
             "open_decisions": [str(r) for r in self.join.by_user.get(user_id, []) if r in self.join.open],
             **self._taste(prof),
+            **self._behaviour(prof),
         }
+
+    def _behaviour(self, prof: Any) -> dict[str, Any]:
+        """The listener's session cluster and taste shifts (policies that keep them)."""
+        behaviour = getattr(self.policy, "behaviour", None)
+        state = getattr(prof, "behaviour", None)
+        if behaviour is None or state is None:
+            return {"behaviour_cluster": None}
+        return {"behaviour_cluster": state.cluster if state.cluster >= 0 else None,
+                "behaviour": behaviour.describe(state.cluster), "sessions_clustered": state.sessions,
+                "taste_shifts": state.shifts}
+
+    def behaviour_summary(self, user_id: str | None = None) -> dict[str, Any]:
+        """The session clusters this worker learned (centre, sessions, a few words each), the taste
+        shifts it flagged, and ``user_id``'s own cluster if it holds them."""
+        behaviour = getattr(self.policy, "behaviour", None)
+        if behaviour is None:
+            raise ValueError(f"the {self.policy.policy_id} policy keeps no session clusters")
+        out: dict[str, Any] = {
+            "clusters": [{"cluster": c, "sessions": behaviour.sizes[c], "describe": behaviour.describe(c),
+                          "centre": centre} for c, centre in enumerate(behaviour.centres())],
+            "taste_shifts": behaviour.shifts}
+        if user_id is not None:
+            prof = getattr(getattr(self.policy, "gen", None), "profiles", {}).get(user_id)
+            out["listener"] = {"user_id": user_id, **self._behaviour(prof)}
+        return out
 
     def _taste(self, prof: Any) -> dict[str, Any]:
         """The listener's taste cluster and genre prior under the served embeddings (if any)."""

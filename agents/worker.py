@@ -502,7 +502,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     if analytics is not None:
         from dashboard.web import register_dashboard
 
-        register_dashboard(app, analytics.store, store, catalogue)
+        register_dashboard(app, analytics.store, store, catalogue,
+                           behaviour=recommender.default.behaviour_summary)
 
     def readiness() -> dict[str, object]:
         assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == events_topic.get_topic_name())
@@ -552,6 +553,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     async def measure_lag() -> None:
         """Lag per partition = the log end reported in fetch responses (high watermark) minus the
         next offset this worker will read. Not from ListOffsets, which tansu answers wrongly."""
+        metrics.taste_shifts.set(sum(getattr(getattr(r.policy, "behaviour", None), "shifts", 0)
+                                     for r in list(recommender.lanes.values())))
         consumer = app.consumer
         for tp in consumer.assignment():
             if tp.topic != events_topic.get_topic_name():

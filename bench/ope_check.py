@@ -190,13 +190,14 @@ def main() -> None:
         w = pt / p
         ess = float(w.sum() ** 2 / (w**2).sum()) if w.any() else 0.0
         actual: list[float] = []
-        run(f"target-{t}", events=args.events, factory=frozen_factory(blob, t, None, args.temperature, args.floor),
+        tc = run(f"target-{t}", events=args.events, factory=frozen_factory(blob, t, None, args.temperature, args.floor),
             on_slate=lambda d, pa, acc=actual: acc.append(float(pa[d.slate.picks[0].track_idx])) if d.slate.picks else None,
             progress=False, **common)
         truth = float(np.mean(actual))
         se = float(np.std(actual) / np.sqrt(len(actual)))
         errs = {k: (v - truth) / truth for k, v in est.items()}
-        rows.append({"target": t, "actual": truth, "actual_se": se, "slates": len(actual), "ess": ess, **est,
+        rows.append({"target": t, "actual": truth, "actual_se": se, "slates": len(actual), "ess": ess,
+                     "reward_per_impression": tc.reward[-1] / tc.impressions[-1], **est,
                      **{f"{k}_error": e for k, e in errs.items()}})
         print(f"   {t:<8} actual {truth:.4f} (±{se:.4f})  IPS {est['ips']:.4f} ({100 * errs['ips']:+.1f}%)  "
               f"SNIPS {est['snips']:.4f} ({100 * errs['snips']:+.1f}%)  DR {est['dr']:.4f} ({100 * errs['dr']:+.1f}%)  "
@@ -211,6 +212,9 @@ def main() -> None:
     print(f"\nlogger (LinUCB, temperature {args.temperature}) top-position reward {logged:.4f}; "
           f"greedy would get {rows[0]['actual']:.4f}: exploring costs "
           f"{100 * (1 - logged / rows[0]['actual']):.1f}% of the top position's reward")
+    slate_log = logger_curve.reward[-1] / logger_curve.impressions[-1]
+    print(f"whole slates: logger {slate_log:.4f} per impression, greedy {rows[0]['reward_per_impression']:.4f}: "
+          f"exploring costs {100 * (1 - slate_log / rows[0]['reward_per_impression']):.1f}% of the reward")
     print(f"worst estimate error over the {len(judged)} targets judged {100 * worst:.1f}% "
           f"(goal: every estimate within {100 * GOAL:.0f}%): {'met' if worst <= GOAL else 'NOT met'}")
     (args.out / "ope_check.json").write_text(json.dumps({

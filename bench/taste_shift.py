@@ -34,7 +34,7 @@ def one(fade: float, args: argparse.Namespace) -> tuple[Curve, dict]:
     kept: dict = {}
 
     def factory(world, rules) -> HybridPolicy:  # noqa: ANN001
-        policy = make_policy("linucb", world.catalogue, rules=rules, fade_on_shift=fade)
+        policy = make_policy("linucb", world.catalogue, rules=rules, fade_on_shift=fade, shift_delta=args.delta)
         shift = world.shift_tastes
 
         def counted_shift(share: float, seed: int = 0) -> list[str]:  # flags so far, at the moment of the shift
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--shift-at", type=int, default=50_000)
     ap.add_argument("--share", type=float, default=0.5)
     ap.add_argument("--fade", type=float, default=0.3, help="what a detected shift keeps of the profile")
+    ap.add_argument("--delta", type=float, default=0.002, help="ADWIN's delta (larger: sooner, more false alarms)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--listeners", type=int, default=300)
     ap.add_argument("--out", type=Path, default=OUT)

@@ -225,6 +225,32 @@ def track_map(q: Query, catalogue: Catalogue, user: str | None = None, method: s
                        for i, (a, b) in zip(rows, xy, strict=True)]}
 
 
+def latest_slate(q: Query, catalogue: Catalogue | None, user: str) -> dict[str, Any]:
+    """The listener's latest slate, item by item: where it came from, the explanation, the top
+    feature contributions (value x weight) and the track's audio features."""
+    rows = q(
+        "SELECT rec_id, created_at, policy_id, position, track_id, source, explanation, why_features, why_values "
+        "FROM recommendations FINAL WHERE user_id = {user:String} AND rec_id = (SELECT argMax(rec_id, created_at) "
+        "FROM recommendations WHERE user_id = {user:String}) ORDER BY position",
+        {"user": user},
+    )
+    items = []
+    for r in rows:
+        i = catalogue.index.get(r["track_id"]) if catalogue is not None else None
+        items.append({
+            "position": r["position"], "track_id": r["track_id"], "source": r["source"],
+            "explanation": r["explanation"],
+            "why": [{"feature": f, "value": round(float(v), 4)} for f, v in zip(r["why_features"], r["why_values"],
+                                                                                 strict=True)],
+            "genre": catalogue.genre_of(i) if i is not None else None,
+            "audio": ({f: round(float(v), 3) for f, v in zip(FEATURES, catalogue.features[i], strict=True)}
+                      if i is not None else {}),
+        })
+    head = rows[0] if rows else {}
+    return {"rec_id": str(head.get("rec_id", "")) or None, "created_at": head.get("created_at"),
+            "policy_id": head.get("policy_id"), "items": items}
+
+
 def throughput(q: Query, minutes: int = 60, bucket_s: int = 10) -> list[dict[str, Any]]:
     """Events ingested per second, averaged over ``bucket_s`` buckets, for the last ``minutes``
     of ingestion."""

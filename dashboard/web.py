@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,10 @@ def _plain(value: Any) -> Any:
 
 
 def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
-        catalogue: Catalogue | None = None) -> dict[str, Any]:
-    """name -> function(params) returning JSON-able data. Unknown / bad params raise ValueError."""
+        catalogue: Catalogue | None = None, behaviour: Callable[[str | None], dict[str, Any]] | None = None
+        ) -> dict[str, Any]:
+    """name -> function(params) returning JSON-able data. Unknown / bad params raise ValueError.
+    ``behaviour(user)``: the worker's session clusters (and that listener's), when it serves them."""
     q = clickhouse.query
 
     def need_user(p: dict[str, str]) -> str:
@@ -92,6 +95,11 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
         return analyse(q, name, primary=p.get("primary") or primary, mde=mde, weights=weights,
                        churn_days=churn_days, guardrails=guardrails).as_dict()
 
+    def need_behaviour() -> Callable[[str | None], dict[str, Any]]:
+        if behaviour is None:
+            raise ValueError("this worker's policy keeps no session clusters")
+        return behaviour
+
     def need_catalogue() -> Catalogue:
         if catalogue is None:
             raise ValueError("this worker serves no catalogue")
@@ -121,6 +129,8 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
         "leaderboard": leaderboard,
         "experiments": lambda p: experiments_seen(q),
         "experiment": experiment,
+        "latest_slate": lambda p: Q.latest_slate(q, catalogue, need_user(p)),
+        "behaviour": lambda p: need_behaviour()(p.get("user") or None),
         "track_map": lambda p: Q.track_map(q, need_catalogue(), p.get("user") or None, p.get("method", "pca"),
                                            int_param(p, "limit", 3000, 20000)),
         # the embedding job's input, for a chDB store only this worker can open
@@ -129,8 +139,9 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
 
 
 def register_dashboard(app: faust.App, clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
-                       catalogue: Catalogue | None = None) -> None:
-    handlers = api(clickhouse, redis_store, catalogue)
+                       catalogue: Catalogue | None = None,
+                       behaviour: Callable[[str | None], dict[str, Any]] | None = None) -> None:
+    handlers = api(clickhouse, redis_store, catalogue, behaviour)
     page = (STATIC / "index.html").read_text()
 
     @app.page("/dashboard/")

@@ -2,8 +2,8 @@
 
 - **Session clusters**: when a listener's session ends (their next event carries a new session
   id), its features — skip, replay and like ratios, length, local hour, genre spread, activity —
-  update river's streaming k-means, and the listener's behaviour cluster is the one their last
-  session falls in. Shown on the listener model API and the dashboard; the clusters drift with
+  update river's streaming k-means (its centres seeded by the first sessions), and the
+  listener's behaviour cluster is the one their last session falls in. Shown on the listener model API and the dashboard; the clusters drift with
   the population (k-means with a half-life).
 - **Taste shifts**: river's ADWIN watches each listener's completions (1 finished, 0 skipped).
   When it finds a change and the recent completion rate is the lower side, what the system
@@ -105,6 +105,9 @@ class Behaviour:
 
     def _close(self, state: ListenerBehaviour, s: SessionStats) -> None:
         x = s.features()
+        ended = sum(self.sizes)
+        if ended < self.n_clusters:  # the first sessions seed the centres (random ones may never win a point)
+            self.kmeans.centers[ended].update(x)
         self.kmeans.learn_one(x)
         state.cluster = int(self.kmeans.predict_one(x))
         state.sessions += 1

@@ -292,9 +292,12 @@ def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0, rules: SlateR
     """A serving policy by name (see POLICIES); ``params`` go to the ranker's constructor, except
     the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer``, ``for_you``, the
     memory bounds ``profile_tracks`` / ``profile_artists`` / ``sessions_kept`` and
-    ``fade_on_shift`` (what a taste shift keeps of a profile; hybrid policies)."""
+    ``fade_on_shift`` (what a taste shift keeps of a profile) and ``shift_delta`` (ADWIN's delta;
+    hybrid policies)."""
     hybrid = {k: params.pop(k) for k in ("layer_bonus", "layer_l2", "listener_layer", "for_you", "profile_tracks",
                                          "profile_artists", "sessions_kept", "fade_on_shift") if k in params}
+    if "shift_delta" in params:  # ADWIN's confidence: larger flags shifts sooner, and more false ones
+        hybrid["behaviour"] = Behaviour(delta=params.pop("shift_delta"), seed=seed)
     if name == "random":
         return RandomPolicy(catalogue, rules)
     if name == "popularity":

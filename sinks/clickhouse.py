@@ -46,7 +46,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                "weekday", "cohort", "ingested_at", "timezone", "playlist_id", "rating"),
     "recommendations": ("rec_id", "request_id", "user_id", "created_at", "policy_id", "policy_version",
                         "experiment_arm", "position", "track_id", "score", "propensity", "slate_propensity",
-                        "source", "device", "activity", "local_hour"),
+                        "source", "device", "activity", "local_hour", "explanation", "why_features", "why_values"),
     "karma_history": ("event_id", "user_id", "what", "karma_delta", "karma_total", "tier", "created_at",
                       "occurred_at"),
     "leaderboard_snapshots": ("board", "taken_at", "rank", "user_id", "score"),
@@ -317,6 +317,7 @@ def slate_rows(slates: Iterable[Recommendation]) -> list[list[Any]]:
                 s.experiment_arm or "", item.position, item.track_id, item.score, item.propensity,
                 s.slate_propensity, item.source, str(ctx.device), str(ctx.activity),
                 ctx.local_hour if ctx.local_hour is not None else 0,
+                item.explanation, item.why_features, item.why_values,
             ])
     return rows
 

@@ -75,12 +75,12 @@ def test_every_chart_renders_data_without_console_errors(traffic, browser, page)
     charts = load(browser, target)
     expected = {"ops": {"throughput", "quality", "leaderboard", "leaderboard_history", "rising", "top_tracks",
                         "heatmap", "activity"},
-                "listener": {"profile", "karma", "heatmap", "graph", "activity", "trackmap"}}[page]
+                "listener": {"profile", "karma", "heatmap", "graph", "activity", "trackmap", "why", "behaviour"}}[page]
     assert {c[0] for c in charts} == expected
     for chart_id, points, error, traces in charts:
         assert error is None, f"{chart_id}: {error}"
         assert points > 0, f"{chart_id} drew no data points"
-        if chart_id != "profile":
+        if chart_id not in ("profile", "why", "behaviour"):  # tables, not charts
             assert traces and traces > 0, f"{chart_id} is not a Plotly chart with traces"
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
@@ -96,5 +96,11 @@ def test_data_api_says_what_is_wrong(traffic) -> None:  # type: ignore[no-untype
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(url + path, timeout=10)
         assert err.value.code == status and message in json.loads(err.value.read())["error"]
+    user = json.loads(urllib.request.urlopen(url + "/api/dashboard/listeners?n=1", timeout=10).read())[0]
+    slate = json.loads(urllib.request.urlopen(f"{url}/api/dashboard/latest_slate?user={user}", timeout=10).read())
+    assert slate["items"] and all(len(i["why"]) == 3 and set(i["audio"]) == {"tempo", "energy", "valence",
+                                  "danceability", "acousticness"} for i in slate["items"])
+    behaviour = json.loads(urllib.request.urlopen(f"{url}/api/dashboard/behaviour?user={user}", timeout=10).read())
+    assert sum(c["sessions"] for c in behaviour["clusters"]) > 0 and behaviour["listener"]["user_id"] == user
     top = json.loads(urllib.request.urlopen(url + "/api/dashboard/top_tracks?n=3", timeout=10).read())
     assert len(top) == 3 and top[0]["completions"] >= top[-1]["completions"]

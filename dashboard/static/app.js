@@ -17,7 +17,8 @@ async function get(name, query = {}) {
 
 function section(title, id, extraClass = "chart") {
   const s = document.createElement("section");
-  s.innerHTML = `<h2>${title}</h2><div id="${id}" class="${extraClass}"></div>`;
+  if (extraClass === "wide") s.className = "wide";  // a table that needs the page's width
+  s.innerHTML = `<h2>${title}</h2><div id="${id}" class="${extraClass === "wide" ? "profile" : extraClass}"></div>`;
   main.appendChild(s);
   return document.getElementById(id);
 }
@@ -142,6 +143,28 @@ async function listenerView() {
                          yaxis: { title: `PC2 (${(100 * ev[1]).toFixed(0)}%)` } });
       el.dataset.points = m.tracks.length;
     }],
+    ["Latest slate, and why (top contributions: feature value × learned weight)", "why", async el => {
+      const s = await get("latest_slate", { user });
+      const audio = a => Object.entries(a).map(([k, v]) => `${k} ${num(v, 2)}`).join(", ");
+      const why = w => w.map(c => `<span class="${c.value >= 0 ? "up" : "down"}">${c.feature} ${c.value >= 0 ? "+" : ""}${num(c.value, 2)}</span>`).join(" ");
+      const rows = s.items.map(i => `<tr><td>${i.position + 1}</td><td>${i.track_id}</td><td>${i.genre || "-"}</td><td>${i.source}</td>
+        <td>${i.explanation}</td><td>${why(i.why) || "-"}</td><td class="small">${audio(i.audio)}</td></tr>`).join("");
+      el.innerHTML = s.items.length ? `<p>${s.policy_id} slate ${s.rec_id} at ${s.created_at}</p><table class="results">
+        <tr><th>#</th><th>track</th><th>genre</th><th>source</th><th>explanation</th><th>why</th><th>sound</th></tr>${rows}</table>`
+        : "<p>no slate for this listener yet</p>";
+      el.dataset.points = s.items.length;
+    }, "wide"],
+    ["How they listen (session clusters, learned online)", "behaviour", async el => {
+      const b = await get("behaviour", { user });
+      const me = b.listener && b.listener.behaviour_cluster;
+      const rows = b.clusters.map(c => `<tr class="${c.cluster === me ? "me" : ""}"><td>${c.cluster}</td><td>${c.sessions}</td><td>${c.describe}</td>
+        <td>${num(c.centre.skip_ratio, 2)}</td><td>${num(c.centre.replay_ratio, 2)}</td><td>${num(c.centre.genre_spread, 2)}</td></tr>`).join("");
+      const l = b.listener || {};
+      el.innerHTML = `<p>${user}: ${l.behaviour || "not clustered yet"}${l.taste_shifts ? ` — taste shift flagged ${l.taste_shifts}×` : ""}
+        (${b.taste_shifts} taste shifts flagged on this worker)</p>
+        <table class="results"><tr><th>cluster</th><th>sessions</th><th>in a few words</th><th>skips</th><th>replays</th><th>genre spread</th></tr>${rows}</table>`;
+      el.dataset.points = b.clusters.filter(c => c.sessions > 0).length;
+    }, "wide"],
   ];
   await run(jobs);
 }
@@ -199,7 +222,7 @@ async function experimentsView() {
 
 async function run(jobs) {
   await Promise.all(jobs.map(async ([title, id, draw, cls]) => {
-    const el = section(title, id, cls === "profile" ? "profile" : "chart");
+    const el = section(title, id, cls === "profile" || cls === "wide" ? cls : "chart");
     try { await draw(el); } catch (err) { el.innerHTML = `<div class="error">${err.message}</div>`; el.dataset.error = err.message; console.error(err); }
   }));
   finish();
