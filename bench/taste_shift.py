@@ -39,7 +39,11 @@ def one(fade: float, args: argparse.Namespace) -> tuple[Curve, dict]:
 
         def counted_shift(share: float, seed: int = 0) -> list[str]:  # flags so far, at the moment of the shift
             kept["before"] = {u: p.behaviour.shifts for u, p in policy.gen.profiles.items() if p.behaviour}
-            return shift(share, seed)
+            moved = shift(share, seed)
+            if args.told and fade < 1:  # the ceiling of reacting: told who moved, at once
+                for u in moved:
+                    policy.gen.profile(u).fade(fade)
+            return moved
 
         world.shift_tastes = counted_shift
         kept["policy"] = policy
@@ -67,13 +71,15 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.5)
     ap.add_argument("--fade", type=float, default=0.3, help="what a detected shift keeps of the profile")
     ap.add_argument("--delta", type=float, default=0.002, help="ADWIN's delta (larger: sooner, more false alarms)")
+    ap.add_argument("--told", action="store_true", help="the react run is told who moved (fades them at the "
+                    "shift): the best any detector could do with this reaction")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--listeners", type=int, default=300)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], []
-    for name, fade in (("react", args.fade), ("ignore", 1.0)):
+    for name, fade in (("told" if args.told else "react", args.fade), ("ignore", 1.0)):
         print(f"{name}: fade {fade}, {args.events:,} events, {100 * args.share:.0f}% of listeners shift at "
               f"{args.shift_at:,}", flush=True)
         curve, det = one(fade, args)
