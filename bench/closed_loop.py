@@ -81,8 +81,8 @@ class Curve:
 def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: int = 300,
         n_tracks: int = 2000, slate_size: int = 10, train_every: int = 20, train_steps: int = 10,
         rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
-        factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 8,
-        embeddings_every: int = 0, on_slate: Callable[[Any, np.ndarray], None] | None = None,
+        factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 8, mood_sd: float = 0.0,
+        embeddings_every: int = 0, on_slate: Callable[[Any, Any], None] | None = None,
         shift_at: int = 0, shift_share: float = 0.5) -> Curve:
     """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
     (the ceiling bench's informed learners, which are handed part of the world's truth).
@@ -90,7 +90,7 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
     so far and the policy serves the new version (what the worker does with each publication)."""
     catalogue = synthetic_catalogue(seed, n_tracks)
     world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}",
-                  communities=communities)
+                  communities=communities, mood_sd=mood_sd)
     rules = rules or SlateRules()
     policy = (factory(world, rules) if factory is not None
               else make_policy(policy_name, catalogue, seed=seed, rules=rules, **(params or {})))
@@ -132,7 +132,7 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
             # expected reward of what was reached vs the oracle's slate, position by position
             p_all = session.p_complete
             if on_slate is not None:
-                on_slate(decided, p_all)
+                on_slate(decided, session)
             allowed_p = p_all.copy()
             if exclude is not None:
                 allowed_p[exclude] = -np.inf

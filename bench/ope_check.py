@@ -170,9 +170,9 @@ def main() -> None:
     log = Log()
     top_reward: list[float] = []
 
-    def record(decided, p_all: np.ndarray) -> None:  # noqa: ANN001
+    def record(decided, session) -> None:  # noqa: ANN001
         if decided.slate.picks:
-            top_reward.append(float(p_all[decided.slate.picks[0].track_idx]))
+            top_reward.append(float(session.p_complete[decided.slate.picks[0].track_idx]))
 
     logger_curve = run("logger", events=args.events, factory=frozen_factory(blob, None, log, args.temperature, args.floor),
                        on_slate=record, **common)
@@ -191,7 +191,8 @@ def main() -> None:
         ess = float(w.sum() ** 2 / (w**2).sum()) if w.any() else 0.0
         actual: list[float] = []
         tc = run(f"target-{t}", events=args.events, factory=frozen_factory(blob, t, None, args.temperature, args.floor),
-            on_slate=lambda d, pa, acc=actual: acc.append(float(pa[d.slate.picks[0].track_idx])) if d.slate.picks else None,
+            on_slate=lambda d, ses, acc=actual: acc.append(float(ses.p_complete[d.slate.picks[0].track_idx]))
+            if d.slate.picks else None,
             progress=False, **common)
         truth = float(np.mean(actual))
         se = float(np.std(actual) / np.sqrt(len(actual)))

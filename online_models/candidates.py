@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from online_models import mood
 from online_models.catalogue import Catalogue
 from online_models.context import ACTIVITIES, ListeningContext
 from online_models.embeddings import Aligned
+from online_models.mood import SessionMood
 from online_models.popularity import ContextPopularity
 
 SOURCES = ("for-you", "again", "co-listen", "familiar", "content", "artist", "gems", "popularity", "explore")  # claim order
@@ -64,6 +66,7 @@ class ListenerProfile:
     session_id: str = ""
     session_pos: deque[int] = field(default_factory=lambda: deque(maxlen=10))
     behaviour: Any = None  # online_models.behaviour.ListenerBehaviour, once they have feedback
+    mood: SessionMood | None = None  # this session's lean from their usual sound (online_models.mood)
 
     def __post_init__(self) -> None:
         self.genre_pos = np.zeros(self.n_genres)
@@ -88,6 +91,12 @@ class ListenerProfile:
         """Mean sound of what the listener liked in this activity, shrunk towards ``fallback``."""
         n = self.taste_n[activity]
         return (self.taste_sum[activity] + 2.0 * fallback) / (n + 2.0)
+
+    def usual_sound(self, activity: int, fallback: np.ndarray) -> np.ndarray:
+        """Their usual sound in this activity (the overall mean of what they finished as the
+        fallback, ``fallback`` before anything)."""
+        n_all = self.taste_n.sum()
+        return self.taste(activity, self.taste_sum.sum(axis=0) / n_all if n_all else fallback)
 
     def fade(self, keep: float) -> None:
         """Keep only ``keep`` of everything counted so far (their taste shifted: what they play
@@ -193,6 +202,7 @@ class CandidateGenerator:
         self.artist_vec = sound / np.maximum(np.linalg.norm(sound, axis=1, keepdims=True), 1e-9)
         self.gem = catalogue.popularity <= np.quantile(catalogue.popularity, gem_quantile)
         self.mean_sound = catalogue.features.mean(axis=0)
+        self.use_mood = True  # the session mood in content candidates and the mood_match feature
         self.genre_prior = np.full(len(catalogue.genres), 0.5)
         self.co: dict[int, dict[int, float]] = defaultdict(dict)
         self.profiles: dict[str, ListenerProfile] = {}
@@ -295,6 +305,10 @@ class CandidateGenerator:
             if len(prof.artist_shown) > self.max_artists:
                 _forget(prof.artist_shown, (prof.artist_pos, prof.artist_res), self.max_artists)
             return
+        if kind in ("play_end", "skip"):  # before this finish joins the usual sound
+            act = ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
+            prof.mood = mood.observe(prof.mood, session_id, kind, self.catalogue.features[track_idx],
+                                     prof.usual_sound(act, self.mean_sound))
         w = POSITIVE.get(kind, 0.0)
         if kind == "rating" and rating is not None:
             w = max(0.0, rating - 2.5) / 2.5
@@ -358,9 +372,9 @@ class CandidateGenerator:
     # --- scoring ----------------------------------------------------------------------------
     def content_scores(self, prof: ListenerProfile, ctx: ListeningContext) -> np.ndarray:
         act = ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
-        n_all = prof.taste_n.sum()
-        overall = prof.taste_sum.sum(axis=0) / n_all if n_all else self.mean_sound
-        taste = prof.taste(act, overall)
+        taste = prof.usual_sound(act, self.mean_sound)
+        if self.use_mood and prof.mood is not None:  # the sound this session leans to
+            taste = taste + prof.mood.offset
         dist = ((self.catalogue.features - taste) ** 2).sum(axis=1)
         return -6.0 * dist + np.log(prof.genre_rate(self.genre_prior_of(prof), self.prior_strength()))[self.catalogue.genre_idx]
 

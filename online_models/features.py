@@ -6,7 +6,8 @@ One row per candidate, ``N_FEATURES`` columns (names in ``FEATURE_NAMES``):
 - activity one-hot x audio features (what each activity asks of the music);
 - popularity prior (log) and popularity in this context (from the popularity generator);
 - the listener's measured affinity to the track's genre and artist, and distance to the
-  listener's taste in this activity (user x track interactions);
+  listener's taste in this activity (user x track interactions); how the track leans the way
+  this session's mood leans from that taste (``mood_match``, :mod:`mood`);
 - co-listen and artist-neighbourhood scores; which generator proposed the track;
 - the collaborative scores: the track's, its genre's and its artist's embedding . the
   listener's (learned from everyone, see :mod:`embeddings`; 0 until a version is published).
@@ -28,7 +29,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     + tuple(f"{f}^2" for f in FEATURES)
     + tuple(f"{a}*{f}" for a in ACTIVITIES for f in FEATURES)
     + ("log_popularity", "context_popularity", "genre_affinity", "peer_genre", "artist_affinity", "taste_distance", "genre_unexplored", "genre_residual", "artist_residual", "track_rate", "track_known",
-       "co_listen", "artist_neighbour", "cf_track", "cf_genre", "cf_artist")
+       "co_listen", "artist_neighbour", "cf_track", "cf_genre", "cf_artist", "mood_match")
     + tuple(f"source={s}" for s in SOURCES)
 )
 N_FEATURES = len(FEATURE_NAMES)
@@ -52,14 +53,13 @@ def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listen
     arts = gen.artist_of[idx]
     pop = cands.scores["popularity"]
     a_pos, a_shown, a_res, a_res_n = prof.artist_arrays(len(gen.artists))
-    n_all = prof.taste_n.sum()
-    overall = prof.taste_sum.sum(axis=0) / n_all if n_all else gen.mean_sound
+    usual = prof.usual_sound(_activity(ctx), gen.mean_sound)
     prior = gen.genre_prior_of(prof)  # what the listener's taste cluster finishes, per genre
     cols = {
         "context_popularity": pop - pop.max() if len(idx) else pop,
         "genre_affinity": np.log(prof.genre_rate(prior, gen.prior_strength()))[g],
         "artist_affinity": np.log((a_pos[arts] + 0.5) / (a_shown[arts] + 1.0)),
-        "taste_distance": ((f - prof.taste(_activity(ctx), overall)) ** 2).sum(axis=1),
+        "taste_distance": ((f - usual) ** 2).sum(axis=1),
         "genre_unexplored": 1.0 / np.sqrt(1.0 + prof.genre_shown[g]),
         "genre_residual": prof.genre_res[g] / (prof.genre_res_n[g] + 1.0),
         "artist_residual": a_res[arts] / (a_res_n[arts] + 1.0),
@@ -68,6 +68,8 @@ def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listen
         "co_listen": cands.scores["co-listen"],
         "artist_neighbour": cands.scores["artist"],
     }
+    if gen.use_mood and prof.mood is not None and prof.mood.n:  # this session's lean (online_models.mood)
+        cols["mood_match"] = (f - usual) @ prof.mood.offset
     # what is learned from everyone: only with a served embedding version (the columns stay 0
     # otherwise, and a request pays nothing for them)
     if gen.served is not None:
@@ -139,4 +141,4 @@ class LinearScorer:
         return out + theta[COLUMN[f"source={SOURCES[0]}"] + cands.source]
 
 
-assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 16 + len(SOURCES)
+assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 17 + len(SOURCES)

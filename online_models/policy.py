@@ -26,12 +26,14 @@ from online_models.candidates import SOURCES, CandidateGenerator, Candidates
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.embeddings import TrackEmbeddings
-from online_models.features import FEATURE_NAMES, N_FEATURES, LinearScorer, build_features
+from online_models import mood
+from online_models.features import COLUMN, FEATURE_NAMES, N_FEATURES, LinearScorer, build_features
 from online_models.linear import EpsilonGreedyLinear, LinearBandit, LinTS, LinUCB
 from online_models.popularity import ContextPopularity, Slate, SlatePick
 from online_models.rl import SessionDQN, SessionState
 from online_models.slate import SlateRules, fill, softmax_chooser, uniform_chooser
 
+_MOODY = frozenset({"for-you", "content"})  # sources whose pick a clear session mood explains
 _WHY_NAMES = np.array([*FEATURE_NAMES, "listener_layer"])  # contribution columns: the features, then the layer
 POLICIES = ("random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn")
 
@@ -158,6 +160,8 @@ class HybridPolicy:
     def recommend(self, user_id: str, session_id: str, ctx: ListeningContext, k: int,
                   rng: np.random.Generator, exclude: np.ndarray | None = None) -> Decided:
         prof = self.gen.profile(user_id)
+        if prof.mood is not None and prof.mood.session_id != session_id:
+            prof.mood = None  # a new session: no lean known yet
         state = self.sessions.get(session_id, ctx)
         at_decision = replace(state)
         # the listener layer for the whole catalogue, once: "for-you" and the ranker both use it
@@ -183,10 +187,13 @@ class HybridPolicy:
                                     self.gen.discovery(user_id, cands.idx))
         state.slates += 1
         why = self.contributions(X[order], offset[order] if offset is not None else None)
+        lean = mood.phrase(prof.mood.offset) if self.gen.use_mood and prof.mood is not None else None
+        matches = X[order, COLUMN["mood_match"]] > 0
         picks = tuple(
             SlatePick(int(cands.idx[i]), float(s), float(p), SOURCES[cands.source[i]],
+                      f"{lean} than usual for {ctx.describe()}, going by this session" if lean and m and SOURCES[cands.source[i]] in _MOODY else
                       self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx), c)
-            for i, p, s, c in zip(order, props, scores, why, strict=True)
+            for i, p, s, c, m in zip(order, props, scores, why, matches, strict=True)
         )
         payload = (X[order].astype(np.float32), replace(state), user_id, cands.idx[order])
         return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version), payload)

@@ -127,7 +127,7 @@ class World:
     """The catalogue, the listeners and the rules of how they react."""
 
     def __init__(self, catalogue: Catalogue, n_listeners: int = 500, seed: int = 11, run_id: str = "",
-                 communities: int = 0) -> None:
+                 communities: int = 0, mood_sd: float = 0.0) -> None:
         """``run_id`` makes event ids unique to a run (a worker de-duplicates ids it has seen);
         the same seed and run id replay the same events, ids included.
 
@@ -140,6 +140,9 @@ class World:
             raise ValueError("n_listeners must be >= 1")
         if communities < 0:
             raise ValueError(f"communities must be >= 0, got {communities}")
+        if mood_sd < 0:
+            raise ValueError(f"mood_sd must be >= 0, got {mood_sd}")
+        self.mood_sd = mood_sd  # > 0: each session has a hidden mood that moves the sound it wants
         self.run_id = run_id
         id_space = uuid.uuid5(uuid.NAMESPACE_URL, f"encore-sim:{seed}:{run_id}")
         self.catalogue = catalogue
@@ -198,23 +201,27 @@ class World:
         return [self.listeners[u].user_id for u in sorted(moved.tolist())]
 
     # --- ground truth ---------------------------------------------------------------------
-    def affinity(self, listener: Listener, activity: str) -> np.ndarray:
-        """Hidden utility of every track for this listener in this activity."""
-        return sum(self.affinity_parts(listener, activity).values())
+    def affinity(self, listener: Listener, activity: str, mood: np.ndarray | None = None) -> np.ndarray:
+        """Hidden utility of every track for this listener in this activity (and session mood)."""
+        return sum(self.affinity_parts(listener, activity, mood).values())
 
-    def affinity_parts(self, listener: Listener, activity: str) -> dict[str, np.ndarray]:
+    def affinity_parts(self, listener: Listener, activity: str, mood: np.ndarray | None = None
+                       ) -> dict[str, np.ndarray]:
         """The hidden utility split into its terms (they sum to :meth:`affinity`):
 
         - ``population``: what holds for every listener: closeness of the sound to what the
           activity asks for, and the pull of popularity;
         - ``sound_shift``: how the listener's own sound preference moves that;
         - ``genre``: the listener's genre taste; ``favourites``: their favourite artists;
-        - ``temper``: how readily they skip anything (the same for every track).
+        - ``temper``: how readily they skip anything (the same for every track);
+        - ``mood``: how the session's mood moves the sound they want today (0 without one).
         """
         cat = self.catalogue
         target = ACTIVITY_TARGET.get(activity, np.full(len(FEATURES), 0.5))
         sound = -6.0 * ((cat.features - target) ** 2).sum(axis=1)
         own_sound = -6.0 * ((cat.features - target - listener.sound_shift) ** 2).sum(axis=1)
+        moody = own_sound if mood is None or not mood.any() else \
+            -6.0 * ((cat.features - target - listener.sound_shift - mood) ** 2).sum(axis=1)
         fav = np.zeros(len(cat))
         if self._artist_of is not None:
             fav = np.isin(self._artist_of, list(listener.favourite_artists)) * 1.5
@@ -224,10 +231,11 @@ class World:
             "genre": 1.2 * np.log(listener.genre_taste[cat.genre_idx] + 0.05),
             "favourites": fav,
             "temper": np.full(len(cat), -listener.temper),
+            "mood": moody - own_sound,
         }
 
-    def completion_prob(self, listener: Listener, activity: str) -> np.ndarray:
-        return _sigmoid(self.affinity(listener, activity))
+    def completion_prob(self, listener: Listener, activity: str, mood: np.ndarray | None = None) -> np.ndarray:
+        return _sigmoid(self.affinity(listener, activity, mood))
 
     def oracle(self, listener: Listener, activity: str, exclude: np.ndarray | None = None) -> tuple[int, float]:
         """(best track index, its completion probability) for this listener and activity."""
@@ -253,7 +261,12 @@ class World:
         p = np.array([weights[a] for a in acts], dtype=float)
         activity = acts[int(rng.choice(len(acts), p=p / p.sum()))]
         listener.sessions += 1
+        mood = None
+        if self.mood_sd > 0:  # tempo, energy, valence move; the rest of the sound stays
+            mood = np.zeros(len(FEATURES))
+            mood[:3] = rng.normal(0.0, self.mood_sd, 3)
         return Session(
+            mood=mood,
             listener=listener,
             session_id=f"s-{listener.user_id}-{listener.sessions}",
             activity=activity,
@@ -272,7 +285,7 @@ class World:
         """
         listener, rng, cat = session.listener, session.listener.rng, self.catalogue
         if session.p_complete is None:
-            session.p_complete = self.completion_prob(listener, session.activity)
+            session.p_complete = self.completion_prob(listener, session.activity, session.mood)
             session.oracle_p = float(session.p_complete.max())
         p_all = session.p_complete
         out: list[Interaction] = []
@@ -337,6 +350,7 @@ class Session:
     events: int = 0
     p_complete: np.ndarray | None = field(default=None, repr=False)
     oracle_p: float = 0.0
+    mood: np.ndarray | None = field(default=None, repr=False)  # hidden: the offset to the sound wanted today
 
     def event(self, kind: Kind, **fields: object) -> Interaction:
         rng = self.listener.rng

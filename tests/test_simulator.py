@@ -104,8 +104,14 @@ def test_affinity_parts_sum_to_the_affinity() -> None:
     for listener in world.listeners:
         for activity in ("workout", "sleep", "unknown"):
             parts = world.affinity_parts(listener, activity)
-            assert set(parts) == {"population", "sound_shift", "genre", "favourites", "temper"}
+            assert set(parts) == {"population", "sound_shift", "genre", "favourites", "temper", "mood"}
             assert np.allclose(sum(parts.values()), world.affinity(listener, activity))
+            assert not parts["mood"].any()  # no mood: nothing moves
+            calm = np.array([0.0, -0.2, -0.1, 0.0, 0.0])
+            moody = world.affinity_parts(listener, activity, calm)
+            assert np.allclose(sum(moody.values()), world.affinity(listener, activity, calm))
+            quiet = world.catalogue.features[:, 1] < 0.3  # low-energy tracks gain in a calm mood
+            assert moody["mood"][quiet].mean() > moody["mood"][~quiet].mean()
     # the population part is the same for every listener; the others are not
     a, b = world.listeners[:2]
     assert np.array_equal(world.affinity_parts(a, "party")["population"], world.affinity_parts(b, "party")["population"])
