@@ -133,7 +133,12 @@ class DeltaMerger:
             model = getattr(lanes.recommender(spec).policy, "ranker", None)
             if delta.policy_id != getattr(model, "policy_id", None):
                 continue
-            model.merge((delta.dA, delta.db))  # type: ignore[union-attr]
+            try:
+                model.merge((delta.dA, delta.db))  # type: ignore[union-attr]
+            except ValueError as exc:  # a worker on another feature set (a rolling upgrade): not mergeable
+                log.warning("model delta from %s skipped: %s; upgrade every worker to the same version",
+                            delta.worker_id, exc)
+                continue
             self.last_seq[delta.worker_id] = delta.seq
             self.merged += 1
             n += 1

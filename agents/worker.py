@@ -593,6 +593,13 @@ def restore_and_replay(settings: Settings, recommender: Recommender | Lanes, ser
     replayed requests take the slates published for them. Returns the number of records replayed."""
     snap = snapshots.load()
     topic = settings.topic(EVENTS.name)
+    if snap is not None:
+        try:
+            recommender.restore(snap.recommender)
+        except ValueError as exc:  # written by a version with another feature set: models start afresh
+            log.warning("model snapshot not restored (%s): the models start empty and learn again (the "
+                        "gamification state is not affected)", exc)
+            snap = None
     if snap is None:  # a first start: the state covers nothing before the committed offsets
         try:
             committed = committed_offsets(settings, topic, list(range(settings.partitions)))
@@ -601,7 +608,6 @@ def restore_and_replay(settings: Settings, recommender: Recommender | Lanes, ser
             return 0
         learning["events_offsets"] = {p: committed.get(p, 0) for p in range(settings.partitions)}
         return 0
-    recommender.restore(snap.recommender)
     merger.offsets, merger.last_seq = dict(snap.models_offsets), dict(snap.merger_seq)
     learning["seq"], learning["events_offsets"] = snap.publish_seq, dict(snap.events_offsets)
     stop = committed_offsets(settings, topic, sorted(snap.events_offsets))

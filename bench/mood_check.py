@@ -10,8 +10,8 @@ listener wants today (``World(mood_sd=...)``). LinUCB serves it twice on the sam
   and feeds the ``mood_match`` feature and the explanations;
 - **without**: the same policy with the estimate switched off.
 
-Reported: how the estimate (at each slate, once the session has at least ``--min-finished``
-finished tracks) agrees with the hidden mood, per audio feature (correlation; error against
+Reported: how the estimate (at each slate, once the session has at least ``--min-plays``
+plays) agrees with the hidden mood, per audio feature (correlation; error against
 guessing no mood at all); the share of explanations that name a mood and how often the
 named direction is right; and the reward rate as % of the oracle's in the last 10k events with
 and without it. Writes ``bench/out/mood_check.json`` and ``.png``.
@@ -46,7 +46,7 @@ def one(use_mood: bool, args: argparse.Namespace) -> tuple[Curve, dict]:
     def record(decided, session) -> None:  # noqa: ANN001
         prof = kept["policy"].gen.profiles.get(session.listener.user_id)
         m = prof.mood if prof is not None else None
-        if m is not None and m.session_id == session.session_id and m.n >= args.min_finished:
+        if m is not None and m.session_id == session.session_id and m.n >= args.min_plays:
             est.append(m.offset[:DIMS].copy())
             truth.append(session.mood[:DIMS].copy())
         for p in decided.slate.picks:
@@ -72,7 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--mood-sd", type=float, default=0.15, help="spread of the hidden session moods")
-    ap.add_argument("--min-finished", type=float, default=2.0, help="finished tracks before an estimate is judged")
+    ap.add_argument("--min-plays", type=float, default=4.0, help="plays in the session before its estimate is judged")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--listeners", type=int, default=300)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -85,8 +85,8 @@ def main() -> None:
         last, o_last = curves[name].rate_last(10_000)
         rows[name]["pct_oracle_last_10k"] = last / o_last
     w = rows["with mood"]
-    print(f"\nthe estimate against the hidden mood ({w['slates_estimated']:,} slates with >= {args.min_finished:g} "
-          "finished tracks in the session):")
+    print(f"\nthe estimate against the hidden mood ({w['slates_estimated']:,} slates with >= {args.min_plays:g} "
+          "plays in the session so far):")
     for f in FEATURES[:DIMS]:
         print(f"  {f:<8} correlation {w['correlation'][f]:+.2f}   error {w['rmse'][f]:.3f} "
               f"(guessing no mood: {w['rmse_no_mood'][f]:.3f})")

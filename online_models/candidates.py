@@ -305,10 +305,8 @@ class CandidateGenerator:
             if len(prof.artist_shown) > self.max_artists:
                 _forget(prof.artist_shown, (prof.artist_pos, prof.artist_res), self.max_artists)
             return
-        if kind in ("play_end", "skip"):  # before this finish joins the usual sound
-            act = ACTIVITIES.index(ctx.activity) if ctx.activity in ACTIVITIES else 0
-            prof.mood = mood.observe(prof.mood, session_id, kind, self.catalogue.features[track_idx],
-                                     prof.usual_sound(act, self.mean_sound))
+        if kind in ("play_end", "skip"):
+            prof.mood = mood.observe(prof.mood, session_id, kind, self.catalogue.features[track_idx])
         w = POSITIVE.get(kind, 0.0)
         if kind == "rating" and rating is not None:
             w = max(0.0, rating - 2.5) / 2.5
