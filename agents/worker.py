@@ -58,6 +58,7 @@ from agents.recommend import Learned, Recommender
 from experiments.config import DEFAULT_LANE, Control, Experiment, Lane, load_experiments
 from experiments.control import ControlStore, describe
 from online_models.catalogue import Catalogue
+from online_models.challenges import goals_from
 from online_models.embeddings import latest_version
 from online_models.embeddings import load as load_embeddings
 from online_models.linear import LinearBandit
@@ -123,12 +124,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     catalogue = load_catalogue(settings.catalogue)
     rules = SlateRules(artist_cap=settings.artist_cap, discovery_share=settings.discovery_share)
     mapping = RewardMapping.from_toml(settings.rewards_file)
+    # gamification goals a slate can advance (new artists, genres): context for the hybrid policies
+    goals = goals_from(Rules.from_toml(settings.gamification_rules).achievements) if settings.gamification_enabled else ()
 
     def make_lane(lane: Lane) -> Recommender:
         """A recommender for one lane: the default, or an experiment arm / flag with its own learner."""
         name = lane.policy or settings.policy
         params: dict[str, Any] = {"temperature": settings.popularity_temperature} if name == "popularity" else {
             "profile_tracks": settings.profile_tracks, "sessions_kept": settings.sessions_kept}
+        if name not in ("random", "popularity"):
+            params |= {"goals": goals, "challenge_bonus": settings.challenge_bonus}
         if name == "linucb":
             params |= {"temperature": settings.explore_temperature,
                        "floor": settings.explore_floor if settings.explore_temperature > 0 else 0.0}

@@ -34,6 +34,7 @@ import numpy as np
 
 from online_models import mood
 from online_models.catalogue import Catalogue
+from online_models.challenges import Goal
 from online_models.context import ACTIVITIES, ListeningContext
 from online_models.embeddings import Aligned
 from online_models.mood import SessionMood
@@ -203,6 +204,7 @@ class CandidateGenerator:
         self.gem = catalogue.popularity <= np.quantile(catalogue.popularity, gem_quantile)
         self.mean_sound = catalogue.features.mean(axis=0)
         self.use_mood = True  # the session mood in content candidates and the mood_match feature
+        self.goals: tuple[Goal, ...] = ()  # gamification goals recommendations can advance (challenge_advance)
         self.genre_prior = np.full(len(catalogue.genres), 0.5)
         self.co: dict[int, dict[int, float]] = defaultdict(dict)
         self.profiles: dict[str, ListenerProfile] = {}

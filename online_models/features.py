@@ -7,7 +7,8 @@ One row per candidate, ``N_FEATURES`` columns (names in ``FEATURE_NAMES``):
 - popularity prior (log) and popularity in this context (from the popularity generator);
 - the listener's measured affinity to the track's genre and artist, and distance to the
   listener's taste in this activity (user x track interactions); how the track leans the way
-  this session's mood leans from that taste (``mood_match``, :mod:`mood`);
+  this session's mood leans from that taste (``mood_match``, :mod:`mood`); whether finishing
+  it advances a gamification goal the listener has open (``challenge_advance``, :mod:`challenges`);
 - co-listen and artist-neighbourhood scores; which generator proposed the track;
 - the collaborative scores: the track's, its genre's and its artist's embedding . the
   listener's (learned from everyone, see :mod:`embeddings`; 0 until a version is published).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from online_models import challenges
 from online_models.candidates import SOURCES, CandidateGenerator, Candidates, ListenerProfile
 from online_models.catalogue import FEATURES
 from online_models.context import ACTIVITIES, ListeningContext
@@ -29,7 +31,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     + tuple(f"{f}^2" for f in FEATURES)
     + tuple(f"{a}*{f}" for a in ACTIVITIES for f in FEATURES)
     + ("log_popularity", "context_popularity", "genre_affinity", "peer_genre", "artist_affinity", "taste_distance", "genre_unexplored", "genre_residual", "artist_residual", "track_rate", "track_known",
-       "co_listen", "artist_neighbour", "cf_track", "cf_genre", "cf_artist", "mood_match")
+       "co_listen", "artist_neighbour", "cf_track", "cf_genre", "cf_artist", "mood_match",
+       "challenge_advance")
     + tuple(f"source={s}" for s in SOURCES)
 )
 N_FEATURES = len(FEATURE_NAMES)
@@ -68,6 +71,9 @@ def listener_columns(gen: CandidateGenerator, prof: ListenerProfile, ctx: Listen
         "co_listen": cands.scores["co-listen"],
         "artist_neighbour": cands.scores["artist"],
     }
+    if gen.goals:  # gamification goals a finish of the candidate would advance (online_models.challenges)
+        cols["challenge_advance"] = challenges.advance(gen.goals, len(prof.artist_pos), prof.genre_pos,
+                                                       a_pos[arts] == 0, g)
     if gen.use_mood and prof.mood is not None and prof.mood.n:  # this session's lean (online_models.mood)
         cols["mood_match"] = (f - usual) @ prof.mood.offset
     # what is learned from everyone: only with a served embedding version (the columns stay 0
@@ -141,4 +147,4 @@ class LinearScorer:
         return out + theta[COLUMN[f"source={SOURCES[0]}"] + cands.source]
 
 
-assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 17 + len(SOURCES)
+assert N_FEATURES == 1 + 2 * len(FEATURES) + len(ACTIVITIES) * len(FEATURES) + 18 + len(SOURCES)

@@ -23,6 +23,7 @@ import numpy as np
 
 from online_models.behaviour import Behaviour
 from online_models.candidates import SOURCES, CandidateGenerator, Candidates
+from online_models.challenges import Goal
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.embeddings import TrackEmbeddings
@@ -136,9 +137,12 @@ class HybridPolicy:
                  rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True,
                  layer_bonus: float = 0.5, for_you: bool = True, layer_l2: float = 1.0,
                  profile_tracks: int = 500, profile_artists: int = 200, sessions_kept: int = 100_000,
-                 behaviour: Behaviour | None = None, fade_on_shift: float = 0.3) -> None:
+                 behaviour: Behaviour | None = None, fade_on_shift: float = 0.3,
+                 goals: tuple[Goal, ...] = (), challenge_bonus: float = 0.0) -> None:
         if layer_bonus < 0:
             raise ValueError(f"layer_bonus must be >= 0, got {layer_bonus}")
+        if challenge_bonus < 0:
+            raise ValueError(f"challenge_bonus must be >= 0 (0: goals are context only), got {challenge_bonus}")
         if not 0 <= fade_on_shift <= 1:
             raise ValueError(f"fade_on_shift must be in [0, 1] (1: taste shifts change nothing), got {fade_on_shift}")
         self.catalogue = catalogue
@@ -153,6 +157,8 @@ class HybridPolicy:
         self.for_you = for_you
         self.layer_l2 = layer_l2
         self.behaviour = behaviour if behaviour is not None else Behaviour()
+        self.gen.goals = tuple(goals)
+        self.challenge_bonus = challenge_bonus
         self.fade_on_shift = fade_on_shift
         self.policy_id = ranker.policy_id
         self.policy_version = ranker.policy_version
@@ -253,6 +259,8 @@ class HybridPolicy:
         if not seen:
             return 0
         r = np.array([rewards[i] for i in seen])
+        if self.challenge_bonus:  # a finished track that advanced an open gamification goal pays extra
+            r = r + self.challenge_bonus * X[seen, COLUMN["challenge_advance"]] * (r > 0)
         offset = self.gen.listener_layer(user_id, tracks[seen], self.layer_l2)[0] if self.listener_layer else 0.0
         if isinstance(self.ranker, SessionDQN):
             residual, weight = r - self.ranker.q_values(state, X[seen]) - offset, None
@@ -299,10 +307,11 @@ def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0, rules: SlateR
     """A serving policy by name (see POLICIES); ``params`` go to the ranker's constructor, except
     the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer``, ``for_you``, the
     memory bounds ``profile_tracks`` / ``profile_artists`` / ``sessions_kept`` and
-    ``fade_on_shift`` (what a taste shift keeps of a profile) and ``shift_delta`` (ADWIN's delta;
-    hybrid policies)."""
+    ``fade_on_shift`` (what a taste shift keeps of a profile), ``shift_delta`` (ADWIN's delta),
+    ``goals`` / ``challenge_bonus`` (gamification goals as context, and their reward term; hybrid
+    policies)."""
     hybrid = {k: params.pop(k) for k in ("layer_bonus", "layer_l2", "listener_layer", "for_you", "profile_tracks",
-                                         "profile_artists", "sessions_kept", "fade_on_shift") if k in params}
+                                         "profile_artists", "sessions_kept", "fade_on_shift", "goals", "challenge_bonus") if k in params}
     if "shift_delta" in params:  # ADWIN's confidence: larger flags shifts sooner, and more false ones
         hybrid["behaviour"] = Behaviour(delta=params.pop("shift_delta"), seed=seed)
     if name == "random":

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     explore_temperature: float = Field(0.05, ge=0, description="LinUCB draws each slate position with P ∝ "
                                        "exp(score / this): exact propensities, so the rewards log can score "
                                        "other policies off-policy (0: the greedy ranking, propensity 1)")
+    challenge_bonus: float = Field(0.0, ge=0, description="extra reward for a finished track that advanced a "
+                                   "gamification goal the listener has open (new artists, genres); 0: the goals are "
+                                   "only a feature (bench/challenges.py measures the trade)")
     explore_floor: float = Field(0.05, ge=0, le=1, description="share of LinUCB's draw that is uniform over the "
                                  "candidates, so every candidate keeps a propensity (needs explore_temperature > 0)")
     dedupe_window: int = Field(1_000_000, ge=1, description="event ids remembered per worker")
