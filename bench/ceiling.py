@@ -46,8 +46,7 @@ from online_models.candidates import CandidateGenerator
 from online_models.catalogue import FEATURES
 from online_models.context import ListeningContext
 from online_models.policy import POLICIES, Decided, _allowed
-from online_models.popularity import Slate, SlatePick
-from online_models.slate import SlateRules, fill
+from online_models.slate import Slate, SlatePick, SlateRules, fill
 from streams.simulator import World
 
 #: learner -> the affinity terms it is told; it learns the rest

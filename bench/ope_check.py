@@ -101,7 +101,7 @@ class FrozenLinUCB(LinUCB):
         return np.zeros(len(X)), np.ones(len(X))  # frozen: the policy compared is fixed
 
     def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
-                spread: np.ndarray | None = None) -> Chooser:
+                spread: np.ndarray | None = None, state: object = None) -> Chooser:
         X = self._check(X)
         off = offset if offset is not None else 0.0
         ucb = self.scores(X) + off + (spread if spread is not None else 0.0)

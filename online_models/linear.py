@@ -28,7 +28,9 @@ pure: no I/O, no clock, randomness only from the generator passed in.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -142,12 +144,25 @@ class LinearBandit:
         self.b = self.b + db
         self._theta = None
 
+    # --- the Ranker protocol (online_models.slate) ------------------------------------------
+    def exploit_scores(self, features: Callable[[], np.ndarray], linear: Callable[[np.ndarray], np.ndarray],
+                       state: Any = None) -> np.ndarray:
+        return linear(self.theta)  # x . theta, without building the features
+
     def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
-                spread: np.ndarray | None = None) -> Chooser:
+                spread: np.ndarray | None = None, state: Any = None) -> Chooser:
         """``offset`` adds a per-candidate term to the score (a listener layer's estimate) and
         ``spread`` its uncertainty: LinUCB adds it as a bonus, LinTS draws noise of that scale,
-        epsilon-greedy ignores it."""
+        epsilon-greedy ignores it. ``state`` (the session's) is not used by a linear model."""
         raise NotImplementedError
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        return X * self.theta  # the exploit score is exactly their row sums
+
+    def learn_slate(self, X: np.ndarray, rewards: tuple[float | None, ...], state: Any,
+                    offset: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        seen = [i for i, r in enumerate(rewards) if r is not None]
+        return self.update(X[seen], np.array([rewards[i] for i in seen], dtype=float), offset)
 
     def rank(self, X: np.ndarray, k: int, rng: np.random.Generator,
              rules: SlateRules | None = None, artists: np.ndarray | None = None,
@@ -195,7 +210,7 @@ class LinUCB(LinearBandit):
         return X @ self.theta + self.alpha * bonus
 
     def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
-                spread: np.ndarray | None = None) -> Chooser:
+                spread: np.ndarray | None = None, state: Any = None) -> Chooser:
         scores = self.scores(self._check(X))
         if offset is not None:
             scores = scores + offset + (spread if spread is not None else 0.0)
@@ -232,7 +247,7 @@ class LinTS(LinearBandit):
         return self.theta + rng.standard_normal((n, self.d)) @ L.T
 
     def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
-                spread: np.ndarray | None = None) -> Chooser:
+                spread: np.ndarray | None = None, state: Any = None) -> Chooser:
         X = self._check(X)
         all_scores = X @ self._draw(rng, 1 + self.propensity_draws).T  # (n, draws)
         if offset is not None:
@@ -259,7 +274,7 @@ class EpsilonGreedyLinear(LinearBandit):
         self.epsilon = epsilon
 
     def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
-                spread: np.ndarray | None = None) -> Chooser:
+                spread: np.ndarray | None = None, state: Any = None) -> Chooser:
         scores = self._check(X) @ self.theta
         if offset is not None:
             scores = scores + offset

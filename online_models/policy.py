@@ -21,18 +21,26 @@ from typing import Any
 
 import numpy as np
 
+from online_models import mood
 from online_models.behaviour import Behaviour
 from online_models.candidates import SOURCES, CandidateGenerator, Candidates
-from online_models.challenges import Goal
 from online_models.catalogue import Catalogue
+from online_models.challenges import Goal
 from online_models.context import ListeningContext
 from online_models.embeddings import TrackEmbeddings
-from online_models import mood
 from online_models.features import COLUMN, FEATURE_NAMES, N_FEATURES, LinearScorer, build_features
-from online_models.linear import EpsilonGreedyLinear, LinearBandit, LinTS, LinUCB
-from online_models.popularity import ContextPopularity, Slate, SlatePick
+from online_models.linear import EpsilonGreedyLinear, LinTS, LinUCB
+from online_models.popularity import ContextPopularity
 from online_models.rl import SessionDQN, SessionState
-from online_models.slate import SlateRules, fill, softmax_chooser, uniform_chooser
+from online_models.slate import (
+    Ranker,
+    Slate,
+    SlatePick,
+    SlateRules,
+    fill,
+    softmax_chooser,
+    uniform_chooser,
+)
 
 _MOODY = frozenset({"for-you", "content"})  # sources whose pick a clear session mood explains
 _WHY_NAMES = np.array([*FEATURE_NAMES, "listener_layer"])  # contribution columns: the features, then the layer
@@ -133,7 +141,7 @@ class PopularityPolicy(RandomPolicy):
 class HybridPolicy:
     """Candidates from every generator -> features -> a ranker (bandit or DQN) -> slate rules."""
 
-    def __init__(self, catalogue: Catalogue, ranker: LinearBandit | SessionDQN, *,
+    def __init__(self, catalogue: Catalogue, ranker: Ranker, *,
                  rules: SlateRules | None = None, n_candidates: int = 200, listener_layer: bool = True,
                  layer_bonus: float = 0.5, for_you: bool = True, layer_l2: float = 1.0,
                  profile_tracks: int = 500, profile_artists: int = 200, sessions_kept: int = 100_000,
@@ -175,20 +183,15 @@ class HybridPolicy:
                  if self.listener_layer else None)
 
         def model(every: Candidates) -> np.ndarray:  # the "for-you" generator: exploit scores
-            if isinstance(self.ranker, SessionDQN):
-                score = self.ranker.q_values(at_decision, build_features(self.gen, prof, ctx, every))
-            else:  # X_all @ theta, without building X_all
-                score = self.scorer.scores(self.ranker.theta, prof, ctx, every)
+            score = self.ranker.exploit_scores(lambda: build_features(self.gen, prof, ctx, every),
+                                               lambda theta: self.scorer.scores(theta, prof, ctx, every), at_decision)
             return score if layer is None else score + layer[0][every.idx]
 
         cands = self.gen.generate(user_id, ctx, rng, exclude, model=model if self.for_you else None)
         X = build_features(self.gen, prof, ctx, cands)
         offset = layer[0][cands.idx] if layer is not None else None
         spread = self.layer_bonus * layer[1][cands.idx] if layer is not None else None
-        if isinstance(self.ranker, SessionDQN):
-            choose = self.ranker.chooser(X, rng, at_decision, offset)
-        else:
-            choose = self.ranker.chooser(X, rng, offset, spread)
+        choose = self.ranker.chooser(X, rng, offset=offset, spread=spread, state=at_decision)
         order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
                                     self.gen.discovery(user_id, cands.idx))
         state.slates += 1
@@ -209,9 +212,9 @@ class HybridPolicy:
         """Per slate row, the ``top`` features with the largest |value x weight| (exact: a linear
         ranker's exploit score is their sum, with the bias and the listener layer's offset).
         Empty for the DQN, whose score has no such split."""
-        if isinstance(self.ranker, SessionDQN):
+        parts = self.ranker.contributions(X)
+        if parts is None:
             return [([], [])] * len(X)
-        parts = X * self.ranker.theta
         if offset is not None:
             parts = np.column_stack([parts, offset])
         best = np.argsort(-np.abs(parts), axis=1)[:, :top]  # a slate is ~10 x 77: one small sort
@@ -258,15 +261,12 @@ class HybridPolicy:
         seen = [i for i, r in enumerate(rewards) if r is not None]
         if not seen:
             return 0
-        r = np.array([rewards[i] for i in seen])
         if self.challenge_bonus:  # a finished track that advanced an open gamification goal pays extra
-            r = r + self.challenge_bonus * X[seen, COLUMN["challenge_advance"]] * (r > 0)
+            advanced = X[:, COLUMN["challenge_advance"]]
+            rewards = tuple(r if r is None or r <= 0 else r + self.challenge_bonus * float(advanced[i])
+                            for i, r in enumerate(rewards))
         offset = self.gen.listener_layer(user_id, tracks[seen], self.layer_l2)[0] if self.listener_layer else 0.0
-        if isinstance(self.ranker, SessionDQN):
-            residual, weight = r - self.ranker.q_values(state, X[seen]) - offset, None
-            self.ranker.learn(state, X, list(rewards))
-        else:
-            residual, weight = self.ranker.update(X[seen], r, offset)
+        residual, weight = self.ranker.learn_slate(X, rewards, state, offset)
         if self.listener_layer:
             self.gen.learn_residuals(user_id, tracks[seen], residual, weight, self.layer_l2)
         return len(seen)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 
 import numpy as np
 
 from online_models.catalogue import Catalogue
 from online_models.context import DAYPARTS, N_CONTEXTS, ListeningContext
-from online_models.slate import plackett_luce
+from online_models.slate import Slate, SlatePick, plackett_luce
 
 #: how much one feedback event moves a track's popularity (positive feedback only counts)
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -21,24 +20,6 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "share": 1.0,
     "rating": 0.0,  # scaled by the rating below
 }
-
-
-@dataclass(frozen=True)
-class SlatePick:
-    track_idx: int
-    score: float
-    propensity: float
-    source: str
-    explanation: str
-    why: tuple[list[str], list[float]] = ([], [])  # features and their value x weight, largest |share| first
-
-
-@dataclass(frozen=True)
-class Slate:
-    picks: tuple[SlatePick, ...]
-    slate_propensity: float
-    policy_id: str
-    policy_version: str
 
 
 class ContextPopularity:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,10 +155,27 @@ class SessionDQN:
         with self.lock, torch.no_grad():
             return self.q(torch.from_numpy(state.vector()), torch.from_numpy(X)).numpy().astype(float)
 
-    def chooser(self, X: np.ndarray, rng: np.random.Generator, state: SessionState | None = None,
-                offset: np.ndarray | None = None) -> Chooser:
+    # --- the Ranker protocol (online_models.slate) ------------------------------------------
+    def exploit_scores(self, features: Callable[[], np.ndarray], linear: Callable[[np.ndarray], np.ndarray],
+                       state: SessionState) -> np.ndarray:
+        return self.q_values(state, features())
+
+    def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
+                spread: np.ndarray | None = None, state: SessionState | None = None) -> Chooser:
+        """Boltzmann draws over Q (+ the listener layer's ``offset``; ``spread`` is not used)."""
         q = self.q_values(state or SessionState(), X)
         return softmax_chooser(q if offset is None else q + offset, self.temperature, rng)
+
+    def contributions(self, X: np.ndarray) -> None:
+        return None  # a network's Q has no per-feature split
+
+    def learn_slate(self, X: np.ndarray, rewards: tuple[float | None, ...], state: SessionState,
+                    offset: np.ndarray | float) -> tuple[np.ndarray, None]:
+        seen = [i for i, r in enumerate(rewards) if r is not None]
+        r = np.array([rewards[i] for i in seen], dtype=float)
+        residual = r - self.q_values(state, X[seen]) - offset
+        self.learn(state, X, list(rewards))
+        return residual, None
 
     def learn(self, state: SessionState, X_shown: np.ndarray, rewards: list[float | None]) -> int:
         """Add the transitions of one closed slate; returns how many were added."""

@@ -1,11 +1,41 @@
-"""Sampling a ranked slate with exact propensities (Plackett-Luce via the Gumbel top-k trick)."""
+"""Slates: what a policy serves, how it is filled under the product's rules, and the ranker
+protocol every policy fills it with.
+
+- :class:`Slate` / :class:`SlatePick`: a served slate and its items (score, exact propensity,
+  source, explanation, top feature contributions);
+- :func:`fill`: position by position under :class:`SlateRules` (artist cap, discovery slots),
+  each pick's propensity given the rules and the items above it;
+- :class:`Ranker`: what a hybrid policy needs of its ranker (the linear bandits, the session
+  DQN), so the policy never branches on the ranker's type;
+- :func:`plackett_luce`, :func:`softmax_chooser`, :func:`uniform_chooser`: sampling with exact
+  propensities.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class SlatePick:
+    track_idx: int
+    score: float
+    propensity: float
+    source: str
+    explanation: str
+    why: tuple[list[str], list[float]] = ([], [])  # features and their value x weight, largest |share| first
+
+
+@dataclass(frozen=True)
+class Slate:
+    picks: tuple[SlatePick, ...]
+    slate_propensity: float
+    policy_id: str
+    policy_version: str
 
 
 @dataclass(frozen=True)
@@ -45,6 +75,40 @@ def plackett_luce(
 # --- position-by-position filling under slate rules -----------------------------------------
 #: given the rows still allowed at this position, return (row, P(row | allowed), its score)
 Chooser = Callable[[np.ndarray], tuple[int, float, float]]
+
+
+class Ranker(Protocol):
+    """What a hybrid policy asks of the model that ranks its candidates (one row of features per
+    candidate; ``state`` is the session's, which only a session-aware ranker reads)."""
+
+    policy_id: str
+    policy_version: str
+
+    def exploit_scores(self, features: Callable[[], np.ndarray], linear: Callable[[np.ndarray], np.ndarray],
+                       state: Any) -> np.ndarray:
+        """Exploit score per candidate. ``linear(theta)`` scores without building the features
+        (the fast path a linear model takes); ``features()`` builds them."""
+        ...
+
+    def chooser(self, X: np.ndarray, rng: np.random.Generator, offset: np.ndarray | None = None,
+                spread: np.ndarray | None = None, state: Any = None) -> Chooser:
+        """How each position is drawn; ``offset`` / ``spread``: a listener layer's estimate and
+        its uncertainty per candidate."""
+        ...
+
+    def contributions(self, X: np.ndarray) -> np.ndarray | None:
+        """Per row and feature, its part of the exploit score (None: the score has no such split)."""
+        ...
+
+    def learn_slate(self, X: np.ndarray, rewards: tuple[float | None, ...], state: Any,
+                    offset: np.ndarray | float) -> tuple[np.ndarray, np.ndarray | None]:
+        """Learn from one closed slate (None: a row the listener never reached); returns the
+        residual and weight of each reached row (what a listener layer learns from)."""
+        ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, blob: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
