@@ -78,6 +78,10 @@ bench-recommenders: install
 	$(PY) -m bench.closed_loop
 	$(PY) -m bench.embeddings_effect
 	$(PY) -m bench.offline_models
+	$(PY) -m bench.ope_check
+	$(PY) -m bench.taste_shift
+	$(PY) -m bench.mood_check
+	$(PY) -m bench.challenges
 	$(PY) -m bench.offline_models --simulator --neural
 
 # what share of the oracle is reachable: learners told part of the simulator's truth, by
