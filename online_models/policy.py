@@ -146,7 +146,7 @@ class HybridPolicy:
                  layer_bonus: float = 0.5, for_you: bool = True, layer_l2: float = 1.0,
                  profile_tracks: int = 500, profile_artists: int = 200, sessions_kept: int = 100_000,
                  behaviour: Behaviour | None = None, fade_on_shift: float = 0.3,
-                 goals: tuple[Goal, ...] = (), challenge_bonus: float = 0.0) -> None:
+                 goals: tuple[Goal, ...] = (), challenge_bonus: float = 0.0, use_mood: bool = True) -> None:
         if layer_bonus < 0:
             raise ValueError(f"layer_bonus must be >= 0, got {layer_bonus}")
         if challenge_bonus < 0:
@@ -166,6 +166,7 @@ class HybridPolicy:
         self.layer_l2 = layer_l2
         self.behaviour = behaviour if behaviour is not None else Behaviour()
         self.gen.goals = tuple(goals)
+        self.gen.use_mood = use_mood
         self.challenge_bonus = challenge_bonus
         self.fade_on_shift = fade_on_shift
         self.policy_id = ranker.policy_id
@@ -308,10 +309,10 @@ def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0, rules: SlateR
     the listener layer's ``layer_bonus`` / ``layer_l2`` / ``listener_layer``, ``for_you``, the
     memory bounds ``profile_tracks`` / ``profile_artists`` / ``sessions_kept`` and
     ``fade_on_shift`` (what a taste shift keeps of a profile), ``shift_delta`` (ADWIN's delta),
-    ``goals`` / ``challenge_bonus`` (gamification goals as context, and their reward term; hybrid
-    policies)."""
+    ``goals`` / ``challenge_bonus`` (gamification goals as context, and their reward term) and
+    ``use_mood`` (the session mood estimate; hybrid policies)."""
     hybrid = {k: params.pop(k) for k in ("layer_bonus", "layer_l2", "listener_layer", "for_you", "profile_tracks",
-                                         "profile_artists", "sessions_kept", "fade_on_shift", "goals", "challenge_bonus") if k in params}
+                                         "profile_artists", "sessions_kept", "fade_on_shift", "goals", "challenge_bonus", "use_mood") if k in params}
     if "shift_delta" in params:  # ADWIN's confidence: larger flags shifts sooner, and more false ones
         hybrid["behaviour"] = Behaviour(delta=params.pop("shift_delta"), seed=seed)
     if name == "random":
