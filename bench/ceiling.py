@@ -15,6 +15,12 @@ online from the completions they observe:
                        a per-listener artist effect.
 - ``population+genre``: told the population model and each listener's genre taste; learns
                        the listener's sound shift and artist effects.
+- ``population+communities``: told the population model and the *communities' mean* genre
+                       tastes, but not which listener belongs to which: it keeps a posterior over
+                       each listener's community (from their completions, under the told terms)
+                       and learns the listener's own deviation from that mix. The bound for any
+                       learner that borrows a listener's taste from the right community without
+                       being told it (``--communities`` > 0 worlds).
 - ``population``:      told only the population model (what an activity asks of the sound,
                        the pull of popularity; the same for every listener); learns each
                        listener's genre taste, sound shift and artist effects.
@@ -54,6 +60,7 @@ TOLD: dict[str, tuple[str, ...]] = {
     "truth": ("population", "sound_shift", "genre", "temper", "favourites"),
     "all-but-favs": ("population", "sound_shift", "genre", "temper"),
     "population+genre": ("population", "genre", "temper"),
+    "population+communities": ("population",),  # and the community means, see InformedLearner
     "population": ("population",),
 }
 
@@ -66,10 +73,23 @@ class InformedLearner:
 
     def __init__(self, world: World, rules: SlateRules, told: tuple[str, ...], *,
                  prior_genre: float = 1.5, prior_shift: float = 0.8, prior_artist: float = 0.7,
-                 genre_mean: float = 0.0, ucb: float = 0.0, thompson: float = 0.0) -> None:
+                 genre_mean: float = 0.0, ucb: float = 0.0, thompson: float = 0.0,
+                 communities: bool = False, prior_deviation: float = 0.7) -> None:
         """Greedy by default; ``ucb`` adds that many posterior sds of the learned terms,
-        ``thompson`` > 0 draws them from the posterior widened by that factor."""
+        ``thompson`` > 0 draws them from the posterior widened by that factor. ``communities``:
+        told the communities' mean genre terms (not the membership), see ``population+communities``;
+        the learned genre block is then the listener's deviation (prior sd ``prior_deviation``)."""
         self.world, self.rules, self.told = world, rules, told
+        self.means: np.ndarray | None = None  # (communities, genres): each community's mean genre term
+        if communities:
+            if not world.community:
+                raise ValueError("population+communities needs a world with communities (--communities > 0)")
+            labels = np.array(world.community)
+            terms = np.array([world.affinity_parts(u, "unknown")["genre"][
+                np.unique(world.catalogue.genre_idx, return_index=True)[1]] for u in world.listeners])
+            self.means = np.array([terms[labels == c].mean(axis=0) for c in range(labels.max() + 1)])
+            self.loglik: dict[str, np.ndarray] = {}
+            prior_genre = prior_deviation
         self.ucb, self.thompson = ucb, thompson
         cat = world.catalogue
         self.gen = CandidateGenerator(cat, n_candidates=1)  # artist ids and "discovery" as the policies see them
@@ -104,7 +124,17 @@ class InformedLearner:
 
     def _told(self, user_id: str, activity: str) -> np.ndarray:
         parts = self.world.affinity_parts(self.world.by_id[user_id], activity)
-        return sum(parts[k] for k in self.told)
+        told = sum(parts[k] for k in self.told)
+        if self.means is not None:  # the communities' genre terms, mixed by the posterior over membership
+            told = told + (self._membership(user_id) @ self.means)[self.world.catalogue.genre_idx]
+        return told
+
+    def _membership(self, user_id: str) -> np.ndarray:
+        ll = self.loglik.get(user_id)
+        if ll is None:
+            return np.full(len(self.means), 1.0 / len(self.means))  # type: ignore[arg-type]
+        w = np.exp(ll - ll.max())
+        return w / w.sum()
 
     def _score(self, user_id: str, activity: str, rng: np.random.Generator) -> np.ndarray:
         mean, cov, art_mean, art_var = self._listener(user_id)
@@ -141,6 +171,16 @@ class InformedLearner:
         user_id, activity, tracks = payload
         mean, cov, art_mean, art_var = self._listener(user_id)
         told = self._told(user_id, activity)
+        if self.means is not None:  # membership: the likelihood of each outcome under each community
+            base = told - (self._membership(user_id) @ self.means)[self.world.catalogue.genre_idx]
+            ll = self.loglik.setdefault(user_id, np.zeros(len(self.means)))
+            for i, r in zip(tracks, rewards, strict=True):
+                if r is None:
+                    continue
+                x, a = self.X[i], int(self.gen.artist_of[i])
+                own = x @ mean + (art_mean[a] if self.learn_artist else 0.0)
+                pc = 1.0 / (1.0 + np.exp(-(base[i] + own + self.means[:, self.world.catalogue.genre_idx[i]])))
+                ll += np.log(np.clip(pc if r > 0 else 1.0 - pc, 1e-9, 1.0))
         n = 0
         for i, r in zip(tracks, rewards, strict=True):
             if r is None:
@@ -233,8 +273,9 @@ def main() -> None:
                 if name in TOLD:
                     told = TOLD[name]
 
-                    def factory(world: World, rules: SlateRules, told: tuple[str, ...] = told) -> InformedLearner:
-                        return InformedLearner(world, rules, told, **priors)
+                    def factory(world: World, rules: SlateRules, told: tuple[str, ...] = told,
+                                communities: bool = name == "population+communities") -> InformedLearner:
+                        return InformedLearner(world, rules, told, communities=communities, **priors)
                 curve = run(name, events=args.events, seed=seed, n_listeners=n_listeners, progress=False,
                             factory=factory, communities=args.communities)
                 last, olast = curve.rate_last(10_000)
