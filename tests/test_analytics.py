@@ -23,7 +23,7 @@ T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
 def store(tmp_path_factory: pytest.TempPathFactory) -> ClickHouseStore:
     s = ClickHouseStore(f"chdb://{tmp_path_factory.mktemp('chdb')}")
     assert s.migrate() == ["V001__core_tables", "V002__aggregates", "V003__karma_event_time", "V004__events_replayable",
-                          "V005__experiment_exposures"]
+                          "V005__experiment_exposures", "V006__recommendation_why"]
     assert s.migrate() == []  # versioned: applied once
     return s
 
@@ -117,7 +117,8 @@ def fixture_data(store) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     rec = Recommendation(
         rec_id=uuid.uuid4(), request_id=uuid.uuid4(), user_id=ann, session_id="s", policy_id="fx-policy",
         policy_version="1", slate_propensity=0.1, created_at=T0 + timedelta(hours=10),
-        items=[SlateItem(track_id=CAT.track_ids[t], position=p, score=1.0, propensity=0.5, source="x", explanation="y")
+        items=[SlateItem(track_id=CAT.track_ids[t], position=p, score=1.0, propensity=0.5, source="x", explanation="y",
+                         why_features=["genre_affinity", "mood_match"], why_values=[0.5, -0.25])
                for p, t in enumerate([40, 41, 42])],
     )
     at = T0 + timedelta(hours=10)
@@ -133,6 +134,16 @@ def fixture_data(store) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     sink.add_snapshot("global", [(bob, 9.0), (ann, 7.0)], T0 + timedelta(hours=13))
     sink.flush()
     return {"ann": ann, "bob": bob, "events": events}
+
+
+def test_the_latest_slate_comes_back_with_why_and_the_sound_of_each_track(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
+    slate = Q.latest_slate(store.query, CAT, fixture_data["ann"])
+    assert slate["policy_id"] == "fx-policy" and [i["position"] for i in slate["items"]] == [0, 1, 2]
+    first = slate["items"][0]
+    assert first["track_id"] == CAT.track_ids[40] and first["explanation"] == "y"
+    assert first["why"] == [{"feature": "genre_affinity", "value": 0.5}, {"feature": "mood_match", "value": -0.25}]
+    assert first["audio"]["energy"] == round(float(CAT.features[40, 1]), 3)
+    assert Q.latest_slate(store.query, CAT, "nobody")["items"] == []
 
 
 def test_heatmap_counts_plays_by_local_weekday_and_hour(store, fixture_data) -> None:  # type: ignore[no-untyped-def]
