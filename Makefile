@@ -62,7 +62,7 @@ test-e2e: install
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e --ignore=tests/faults
 
 # fault injection with real processes, full size (kill -9 x10, Redis / ClickHouse outages, partitions
-# moving, 100k hostile records, a 10-minute soak): about an hour. `make test` runs each case small, but the soak (minutes or nothing).
+# moving, 100k hostile records, a 10-minute soak): about an hour. `make test` runs most cases small (docs/operations.md, Fault tests).
 test-faults: install
 	$(PY) -m pytest -q -p no:cacheprovider -s tests/faults
 
