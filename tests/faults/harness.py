@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -127,6 +128,11 @@ class Run:
             body = e.read()
         return json.loads(body) if path != "/metrics" else body.decode()
 
+    def open_decisions(self, name: str) -> float:
+        """The worker's open decisions (its encore_reward_join{what="open"} gauge)."""
+        found = re.search(r'^encore_reward_join\{what="open"\} (\S+)$', self.get(name, "/metrics"), re.M)
+        return float(found.group(1)) if found else 0.0
+
     def alive(self, name: str) -> bool:
         return _alive(self.pid(name))
 
@@ -134,6 +140,10 @@ class Run:
         """Drained: let the last reward windows close, stop every worker, read every store."""
         self.wait_drained()
         time.sleep(WINDOW_S + 4)
+        deadline = time.monotonic() + 60  # a worker restarted late may still hold decisions it replayed
+        while any(self.open_decisions(name) for name in self.workers if self.alive(name)):
+            assert time.monotonic() < deadline, "decisions still open a minute after the workload drained"
+            time.sleep(0.5)
         for name in list(self.workers):
             self.stop(name)
         return collect(self.settings, self.tag, self.dsns)
