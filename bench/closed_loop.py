@@ -73,6 +73,11 @@ class Curve:
         o = getattr(self, oracle)
         return (self.reward[-1] - self.reward[j]) / n, (o[-1] - o[j]) / n
 
+    def share_per_window(self, width: int = 5_000) -> tuple[np.ndarray, list[float]]:
+        """(window ends, % of the oracle's reward rate in each window of ``width`` events)."""
+        ends = np.arange(width, self.events[-1] + 1, width)
+        return ends, [100 * a / b for a, b in (self.rate_between(e - width, e) for e in ends)]
+
     @property
     def regret(self) -> float:
         return self.oracle[-1] - self.reward[-1]

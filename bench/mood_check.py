@@ -111,9 +111,7 @@ def plot(curves: dict[str, Curve], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, c in curves.items():
-        ends = np.arange(5_000, c.events[-1] + 1, 5_000)
-        share = [c.rate_between(e - 5_000, e) for e in ends]
-        ax.plot(ends, [100 * a / b for a, b in share], marker=".", label=name)
+        ax.plot(*c.share_per_window(), marker=".", label=name)
     ax.set(xlabel="events", ylabel="% of the oracle's reward rate, per 5k events",
            title="LinUCB in a world of session moods, with and without the mood estimate")
     ax.grid(alpha=0.3)

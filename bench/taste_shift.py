@@ -108,9 +108,7 @@ def plot(curves: list[tuple[str, Curve]], shift_at: int, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, c in curves:
-        ends = np.arange(5_000, c.events[-1] + 1, 5_000)
-        share = [c.rate_between(e - 5_000, e) for e in ends]
-        ax.plot(ends, [100 * a / b for a, b in share], marker=".", label=name)
+        ax.plot(*c.share_per_window(), marker=".", label=name)
     ax.axvline(shift_at, color="k", ls=":", label="tastes shift")
     ax.set(xlabel="events", ylabel="% of the oracle's reward rate, per 5k events",
            title="Recovering from a taste shift: fade the profile on ADWIN's alarm, or not")
