@@ -122,15 +122,21 @@ class Delivery:
 
         retrying = AsyncRetrying(retry=retry_if_exception(transient), reraise=True, before_sleep=waiting,
                                  wait=wait_exponential_jitter(initial=0.25, max=self.max_backoff_s, jitter=0.25))
+        done = False
         try:
             async for attempt in retrying:
                 with attempt:
                     result = await asyncio.to_thread(fn, *args)
+            done = True
             return result
         finally:
             if self.stalled_since is not None:
-                log.info("%s recovered after %.1f s", step, time.monotonic() - self.stalled_since,
-                         extra={"step": step})
+                if done:
+                    log.info("%s recovered after %.1f s", step, time.monotonic() - self.stalled_since,
+                             extra={"step": step})
+                else:  # cancelled (the worker stops) or failed for good: the batch is not delivered
+                    log.warning("%s gave up after %.1f s; the batch is not acknowledged and will be processed "
+                                "again", step, time.monotonic() - self.stalled_since, extra={"step": step})
                 self.stalled_since = None
                 self.metrics.stalled.set(0)
                 self.on_stall(False)

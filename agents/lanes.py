@@ -118,6 +118,10 @@ class Lanes:
             out.items += got.items
         return out
 
+    def delivered(self, rec_ids: list[uuid.UUID]) -> None:
+        for rec in self.lanes.values():
+            rec.delivered(rec_ids)
+
     def exposures(self, events: list[Interaction]) -> list[list[Any]]:
         """``experiment_exposures`` rows for listeners first treated in this batch."""
         rows = []

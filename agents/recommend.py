@@ -14,7 +14,7 @@ from __future__ import annotations
 import pickle
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -76,6 +76,11 @@ class Recommender:
         self.adopted = 0  # published slates re-served to a redelivered request
         self.unknown_tracks = 0
         self.decisions: OrderedDict[uuid.UUID, Recommendation] = OrderedDict()  # open ones, for RewardRecords
+        #: closed decisions whose RewardRecord is not yet acknowledged as delivered (an outbox): a
+        #: snapshot taken between a batch's decision and its delivery keeps them, and a restart
+        #: sends them again (identically), so a reward is never lost with an undelivered batch
+        self.unsent: dict[uuid.UUID, RewardRecord] = {}
+        self._resend = False  # after a restore: the next close() returns the outbox as well
         self.partition_of: dict[str, int] = {}  # listener -> events partition (whose state moves with it)
 
     # --- the step --------------------------------------------------------------------------
@@ -170,13 +175,23 @@ class Recommender:
     def close(self, now: datetime, *, all_open: bool = False) -> Learned:
         """Close the decisions whose window has passed, learn from their rewards."""
         out = Learned()
+        if self._resend:
+            out.records.extend(self.unsent.values())
+            self._resend = False
         for closed in self.join.close_due(now, all_open=all_open):
             if closed.decision.payload is not None:  # adopted decisions join rewards, teach nothing
                 out.items += self.policy.learn(closed.decision.payload, closed.rewards)
             rec = self.decisions.pop(closed.decision.rec_id, None)
             if rec is not None:
-                out.records.append(reward_record(rec, closed, now))
+                record = reward_record(rec, closed, now)
+                self.unsent[record.rec_id] = record
+                out.records.append(record)
         return out
+
+    def delivered(self, rec_ids: Iterable[uuid.UUID]) -> None:
+        """The batch carrying these RewardRecords was delivered and acknowledged."""
+        for r in rec_ids:
+            self.unsent.pop(r, None)
 
     # --- listener state follows its partition ------------------------------------------------
     def export_partition(self, partition: int) -> bytes:
@@ -187,9 +202,10 @@ class Recommender:
         decisions = {r: self.decisions.pop(r) for r in join["open"] if r in self.decisions}
         for u in users:
             del self.partition_of[u]
+        unsent = {r: rec for r, rec in self.unsent.items() if rec.user_id in users}
         return pickle.dumps({"users": users, "policy": self.policy.export_listeners(users), "join": join,
                              "recent": {u: self.recent.pop(u) for u in users if u in self.recent},
-                             "decisions": decisions})
+                             "decisions": decisions, "unsent": unsent})
 
     def import_partition(self, partition: int, blob: bytes, now: datetime) -> int:
         """Take over a partition's listeners exported by :meth:`export_partition`; returns how many."""
@@ -198,6 +214,9 @@ class Recommender:
         self.join.import_users(state["join"], now)
         self.recent.update(state["recent"])
         self.decisions.update(state["decisions"])
+        if state.get("unsent"):  # rewards its old owner closed but may not have delivered: sent again
+            self.unsent.update(state["unsent"])
+            self._resend = True
         for u in state["users"]:
             self.partition_of[u] = partition
         return len(state["users"])
@@ -259,7 +278,8 @@ class Recommender:
     def snapshot(self) -> bytes:
         return pickle.dumps({"policy": self.policy.snapshot(), "join": self.join.snapshot(),
                              "seen": self.seen.to_bytes(SNAPSHOT_IDS), "recent": self.recent,
-                             "decisions": self.decisions, "partition_of": self.partition_of})
+                             "decisions": self.decisions, "partition_of": self.partition_of,
+                             "unsent": self.unsent})
 
     def restore(self, blob: bytes) -> None:
         state: dict[str, Any] = pickle.loads(blob)
@@ -268,6 +288,8 @@ class Recommender:
         self.seen = RecentIds.from_bytes(self.seen.capacity, state["seen"])
         self.recent, self.decisions = state["recent"], state["decisions"]
         self.partition_of = state.get("partition_of", {})
+        self.unsent = state.get("unsent", {})
+        self._resend = bool(self.unsent)
 
 
 def reward_record(rec: Recommendation, closed: Closed, now: datetime) -> RewardRecord:

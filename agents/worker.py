@@ -266,6 +266,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 for batch, out, _, report, started in done:
                     for event in batch:
                         await stream.ack(event)
+                    recommender.delivered([r.rec_id for r in out.rewards])  # out of the outbox
                     try:
                         observe(out, report, len(batch), time.perf_counter() - started)
                     except Exception:  # metrics are not worth a stalled stream; a bug here is logged

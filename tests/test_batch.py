@@ -131,3 +131,25 @@ def test_a_partition_s_listeners_move_with_their_state_and_are_not_learned_twice
     again = process_batch(recs[:1], new, NOW)
     assert again.slates == [] and new.recommender.listener("mover") == had
     assert len(again.effects) == len(first.effects) - 1 and len(again.rows["events"]) == 3
+
+
+def test_a_reward_closed_in_an_undelivered_batch_is_sent_again_after_a_restore() -> None:
+    """A snapshot taken between a batch's decision and its delivery holds the decisions that batch
+    closed; the worker restored from it sends their RewardRecords again (identically), and a
+    delivered batch's records leave the outbox."""
+    s = state()
+    slate = process_batch(records(encode_batch([event(Kind.REC_REQUEST)], SERDE)), s, NOW).slates[0]
+    later = NOW + timedelta(hours=2)  # past the reward window: the next batch closes the decision
+    closing = process_batch(records(encode_batch([event(Kind.PLAY_START, user="u-2")], SERDE)), s, later)
+    assert [r.rec_id for r in closing.rewards] == [slate.rec_id]
+    snap = s.recommender.snapshot()  # taken before the batch was delivered (kill -9 or stop next)
+    restored = state()
+    restored.recommender.restore(snap)
+    again = process_batch(records(encode_batch([event(Kind.PLAY_START, user="u-3")], SERDE)), restored, later)
+    assert again.rewards == closing.rewards
+    assert process_batch(records(), restored, later).rewards == []  # sent once per restore
+    s.recommender.delivered([r.rec_id for r in closing.rewards])
+    assert s.recommender.unsent == {}
+    fresh = state()
+    fresh.recommender.restore(s.recommender.snapshot())
+    assert process_batch(records(), fresh, later).rewards == []
