@@ -49,6 +49,8 @@ class BatchState:
     #: events partition -> offset below which the recommender already learned (a handoff from the
     #: partition's previous owner covers them): those records still get their effects and rows
     learned_below: dict[int, int] = field(default_factory=dict)
+    #: listeners asked to be forgotten: their events still on the topic are dropped, unread
+    forgotten: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Outputs:
     effects: list[Effect] = field(default_factory=list)
     rows: dict[str, list[list[Any]]] = field(default_factory=dict)  # ClickHouse table -> rows
     duplicates: int = 0  # events skipped as already seen by the recommender
+    forgotten: int = 0  # events of forgotten listeners, dropped
 
     def offsets(self) -> dict[int, int]:
         """events partition -> next offset, once this batch is delivered."""
@@ -115,6 +118,11 @@ def process_batch(records: list[RawRecord], state: BatchState, now: datetime, de
     if decoded is None:
         decoded = decode(records, state, now)
     out = Outputs(records, decoded.events, decoded.origin, dead=decoded.dead)
+    if state.forgotten:
+        kept = [j for j, e in enumerate(out.events) if e.user_id not in state.forgotten]
+        out.forgotten = len(out.events) - len(kept)
+        if out.forgotten:
+            out.events, out.origin = [out.events[j] for j in kept], [out.origin[j] for j in kept]
     rec = state.recommender
     before = rec.duplicates
     partitions = [records[i].partition for i in out.origin]

@@ -1,12 +1,19 @@
 """The public HTTP API, served by every worker on its web port (loopback by default).
 
-    POST /v1/events                  JSON: one event, a list, or {"events": [...]}; X-API-Key
-    GET  /v1/recommendations/{user}  the listener's latest slate
-    GET  /v1/users/{user}/profile    karma, tier, avatar items, streak, achievements, rank
-    GET  /v1/leaderboards/{board}    top N (?n=), or the board around a listener (?around=)
-    GET  /v1/users/{user}/model      what this worker's recommender holds about the listener
-    GET  /healthz, /readyz           liveness; readiness (partitions assigned)
-    GET  /openapi.json               this API, generated from the route table and the contracts
+    POST   /v1/events                  JSON: one event, a list, or {"events": [...]}
+    POST   /v1/tokens                  a listener token (services only)
+    GET    /v1/recommendations/{user}  the listener's latest slate
+    GET    /v1/users/{user}/profile    karma, tier, avatar items (and the one worn), streak, achievements, rank
+    PUT    /v1/users/{user}/avatar     wear an avatar item the listener unlocked
+    DELETE /v1/users/{user}            forget the listener everywhere
+    GET    /v1/leaderboards/{board}    top N (?n=), or the board around a listener (?around=)
+    GET    /v1/users/{user}/model      what this worker's recommender holds about the listener
+    GET    /healthz, /readyz           liveness; readiness (partitions assigned)
+    GET    /openapi.json               this API, generated from the route table and the contracts
+
+Who may call what (agents.auth): services send ``X-API-Key`` and may act for any listener; a
+listener sends ``Authorization: Bearer <token>`` and may read and act for themselves only
+(their events, profile, slate, model, avatar, erasure). Leaderboards are public.
 
 Events are validated with the same contracts as the events topic; a request with any bad event
 is refused whole with each problem named (nothing half-accepted), and accepted events are
@@ -20,14 +27,17 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from agents.auth import Denied, issue, require, signing_secret
 from schemas.events import EventBatch, Interaction, Recommendation
 from schemas.wire import Serde, decode_events
 from sinks.gamification import GamificationStore
+from sinks.listeners import ListenerStore, NotUnlocked
 from sinks.slate_cache import SlateCache
 from streams.settings import Settings
 
@@ -74,7 +84,8 @@ class Profile(BaseModel):
     earned: int
     tier: str | None
     rank: int | None
-    avatar_items: list[str]
+    avatar_items: list[str] = Field(description="avatar items the listener unlocked")
+    avatar: str | None = Field(None, description="the item they wear (PUT /v1/users/{user}/avatar)")
     streak: int
     best_streak: int
     achievements: list[AchievementProgress]
@@ -86,6 +97,27 @@ class BoardEntry(BaseModel):
     rank: int
     user_id: str
     score: float
+    avatar: str | None = Field(None, description="the avatar item the listener wears")
+
+
+class TokenRequest(BaseModel):
+    user_id: str = Field(min_length=1, max_length=128)
+
+
+class Token(BaseModel):
+    user_id: str
+    token: str = Field(description="send as Authorization: Bearer <token>")
+    expires_at: str
+
+
+class AvatarChoice(BaseModel):
+    item: str = Field(min_length=1, max_length=64, description="an item from the profile's avatar_items")
+
+
+class Erasure(BaseModel):
+    user_id: str
+    requested_at: str
+    detail: str
 
 
 class Board(BaseModel):
@@ -141,17 +173,27 @@ class Route:
 
 
 USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+DENIED = {401: ErrorBody, 403: ErrorBody}
 ROUTES = (
-    Route("post", "/v1/events", "Send listener events", {202: Accepted, 400: ErrorBody, 401: ErrorBody,
-          413: ErrorBody, 422: ErrorBody, 503: ErrorBody},
+    Route("post", "/v1/events", "Send listener events (a listener token: their own events only)",
+          {202: Accepted, 400: ErrorBody, **DENIED, 413: ErrorBody, 422: ErrorBody, 503: ErrorBody},
           body={"oneOf": [{"$ref": "#/components/schemas/Interaction"},
                           {"type": "array", "items": {"$ref": "#/components/schemas/Interaction"}, "minItems": 1},
                           {"$ref": "#/components/schemas/EventBatch"}]},
           secured=True),
+    Route("post", "/v1/tokens", "Issue a listener token (services only: the sign-in service calls it)",
+          {201: Token, 400: ErrorBody, **DENIED, 503: ErrorBody},
+          body={"$ref": "#/components/schemas/TokenRequest"}, secured=True),
     Route("get", "/v1/recommendations/{user}", "The listener's latest slate",
-          {200: Recommendation, 404: ErrorBody}, params=(USER,)),
+          {200: Recommendation, **DENIED, 404: ErrorBody}, params=(USER,), secured=True),
     Route("get", "/v1/users/{user}/profile", "Karma, tier, avatar items, streak, achievements, rank",
-          {200: Profile, 404: ErrorBody, 503: ErrorBody}, params=(USER,)),
+          {200: Profile, **DENIED, 404: ErrorBody, 503: ErrorBody}, params=(USER,), secured=True),
+    Route("put", "/v1/users/{user}/avatar", "Wear an avatar item the listener unlocked",
+          {200: Profile, 400: ErrorBody, **DENIED, 409: ErrorBody, 503: ErrorBody}, params=(USER,),
+          body={"$ref": "#/components/schemas/AvatarChoice"}, secured=True),
+    Route("delete", "/v1/users/{user}", "Forget the listener: every worker drops their events and erases them "
+          "from Redis, ClickHouse, model state and snapshots within seconds", {202: Erasure, **DENIED, 503: ErrorBody},
+          params=(USER,), secured=True),
     Route("get", "/v1/leaderboards/{board}", "A leaderboard: global, weekly:<n>, genre:<g>, cohort:<c>",
           {200: Board, 400: ErrorBody, 503: ErrorBody},
           params=({"name": "board", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}},
@@ -159,7 +201,8 @@ ROUTES = (
                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}},
                   {"name": "around", "in": "query", "required": False, "schema": {"type": "string"}})),
     Route("get", "/v1/users/{user}/model", "What this worker's recommender holds about a listener (404 on the "
-          "workers that do not own the listener's partition)", {200: ListenerModel, 404: ErrorBody}, params=(USER,)),
+          "workers that do not own the listener's partition)", {200: ListenerModel, **DENIED, 404: ErrorBody},
+          params=(USER,), secured=True),
     Route("get", "/healthz", "Liveness", {200: Health}),
     Route("get", "/readyz", "Readiness: partitions assigned, not rebalancing, not waiting for a store",
           {200: Ready, 503: Ready}),
@@ -177,7 +220,7 @@ def openapi() -> dict[str, Any]:
         components.setdefault(model.__name__, schema)
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    for model in (Interaction, EventBatch):
+    for model in (Interaction, EventBatch, TokenRequest, AvatarChoice):
         ref(model)
     paths: dict[str, Any] = {}
     for r in ROUTES:
@@ -191,14 +234,18 @@ def openapi() -> dict[str, Any]:
         if r.body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
         if r.secured:
-            op["security"] = [{"apiKey": []}]
+            op["security"] = [{"apiKey": []}] if r.path in ("/v1/tokens",) else [{"apiKey": []}, {"listenerToken": []}]
         paths.setdefault(r.path, {})[r.method] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Encore API", "version": "1", "description": __doc__.split("\n\n")[0]},
         "paths": paths,
         "components": {"schemas": components,
-                       "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+                       "securitySchemes": {
+                           "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                      "description": "a service key (ENCORE_API_KEYS): any listener"},
+                           "listenerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                             "description": "a listener token (POST /v1/tokens): that listener only"}}},
     }
 
 
@@ -212,18 +259,39 @@ def _error(web: faust.web.View, status: int, message: str, problems: list[Proble
 
 def register_api(app: faust.App, settings: Settings, *, events_topic: faust.TopicT, serde: Serde,
                  slates: SlateCache, gamification: GamificationStore | None, readiness: Any,
-                 listener_model: Any = None) -> None:
+                 listener_model: Any = None, listeners: ListenerStore | None = None) -> None:
     keys = settings.api_key_set()
+    secret = signing_secret(settings)
     limit = settings.max_record_bytes
     spec = json.dumps(openapi()).encode()
+
+    def denied(web: faust.web.View, request: faust.web.Request, user: str | None = None) -> faust.web.Response | None:
+        """None when the caller may act for ``user`` (any listener when None: services only)."""
+        try:
+            who = require(request.headers, keys, secret, user)
+        except Denied as exc:
+            return _error(web, exc.status, str(exc))
+        if user is None and not who.service:
+            return _error(web, 403, "services only: send X-API-Key")
+        return None
+
+    async def body_of(web: faust.web.View, request: faust.web.Request, model: type[BaseModel]) -> BaseModel | faust.web.Response:
+        raw = await web.read_request_content(request)
+        if len(raw) > 4096:
+            return _error(web, 413, "body over 4 KB")
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            return _error(web, 400, f"body is not a {model.__name__}: {exc.errors()[0]['msg']}")
 
     class Events(faust.web.View):
         async def post(self, request: faust.web.Request) -> faust.web.Response:
             if not keys:
                 return _error(self, 503, "no API keys configured: set ENCORE_API_KEYS on the worker")
-            given = request.headers.get("X-API-Key", "")
-            if not any(hmac.compare_digest(given, k) for k in keys):
-                return _error(self, 401, "missing or wrong X-API-Key header")
+            try:
+                who = require(request.headers, keys, secret)
+            except Denied as exc:
+                return _error(self, exc.status, str(exc))
             size = request.content_length
             if size is not None and size > limit:
                 return _error(self, 413, f"body is {size} bytes, limit {limit}; send smaller batches")
@@ -238,6 +306,10 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
                     and decoded.rejected[0].index is None else 422
                 return _error(self, status, f"{len(decoded.rejected)} event(s) refused; nothing was accepted",
                               [Problem(index=r.index, reason=r.reason, error=r.error) for r in decoded.rejected])
+            others = sorted({e.user_id for e in decoded.events if not who.may_act_for(e.user_id)})
+            if others:
+                return _error(self, 403, f"a listener token sends its own listener's events only, not {others[:3]}; "
+                                         "nothing was accepted")
             by_user: dict[str, list[Interaction]] = {}
             for e in decoded.events:
                 by_user.setdefault(e.user_id, []).append(e)
@@ -250,22 +322,77 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
 
     app.page("/v1/events")(Events)
 
+    class Tokens(faust.web.View):
+        async def post(self, request: faust.web.Request) -> faust.web.Response:
+            if secret is None:
+                return _error(self, 503, "listener tokens need ENCORE_TOKEN_SECRET or ENCORE_API_KEYS on the worker")
+            if (refused := denied(self, request)) is not None:
+                return refused
+            got = await body_of(self, request, TokenRequest)
+            if not isinstance(got, TokenRequest):
+                return got
+            token, expires = issue(secret, got.user_id, settings.token_ttl_s)
+            return _json(self, Token(user_id=got.user_id, token=token, expires_at=expires.isoformat()), 201)
+
+    app.page("/v1/tokens")(Tokens)
+
     @app.page("/v1/recommendations/{user}")
     async def latest(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        if (refused := denied(web, request, user)) is not None:
+            return refused
         slate = await asyncio.to_thread(slates.get, user)
         if slate is None:
             return _error(web, 404, f"no slate for {user!r} in the last day; send a rec_request event")
         return _json(web, slate, 200)
 
-    @app.page("/v1/users/{user}/profile")
-    async def profile(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+    async def profile_of(web: faust.web.View, user: str) -> faust.web.Response:
         if gamification is None:
             return _error(web, 503, "gamification is disabled on this worker (ENCORE_GAMIFICATION_ENABLED)")
         p = await asyncio.to_thread(gamification.profile, user)
         if not p["stats"]:
             return _error(web, 404, f"no listener {user!r} has earned anything yet")
         p["rank"] = await asyncio.to_thread(gamification.rank, user)
+        if listeners is not None:
+            p["avatar"] = (await asyncio.to_thread(listeners.avatars, [user]))[user]
         return _json(web, Profile.model_validate(p), 200)
+
+    @app.page("/v1/users/{user}/profile")
+    async def profile(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        if (refused := denied(web, request, user)) is not None:
+            return refused
+        return await profile_of(web, user)
+
+    class Avatar(faust.web.View):
+        async def put(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            if gamification is None or listeners is None:
+                return _error(self, 503, "gamification is disabled on this worker (ENCORE_GAMIFICATION_ENABLED)")
+            got = await body_of(self, request, AvatarChoice)
+            if not isinstance(got, AvatarChoice):
+                return got
+            try:
+                await asyncio.to_thread(listeners.equip, gamification, user, got.item)
+            except NotUnlocked as exc:
+                return _error(self, 409, str(exc))
+            return await profile_of(self, user)
+
+    app.page("/v1/users/{user}/avatar")(Avatar)
+
+    class Listener(faust.web.View):
+        async def delete(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            if listeners is None:
+                return _error(self, 503, "this worker has no listener store")
+            now = datetime.now(UTC)
+            await asyncio.to_thread(listeners.request_erasure, user, now)
+            log.warning("erasure of listener %s requested", user, extra={"step": "forget"})
+            return _json(self, Erasure(user_id=user, requested_at=now.isoformat(),
+                                       detail="every worker now drops this listener's events and erases them from "
+                                              "Redis, ClickHouse, its model state and snapshots within seconds"), 202)
+
+    app.page("/v1/users/{user}")(Listener)
 
     @app.page("/v1/leaderboards/{board}")
     async def leaderboard(web: faust.web.View, request: faust.web.Request, board: str) -> faust.web.Response:
@@ -280,14 +407,17 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
         around = request.query.get("around")
         if around:
             rows = await asyncio.to_thread(gamification.around, around, board, max(1, n // 2))
-            entries = [BoardEntry(rank=r, user_id=u, score=s) for r, u, s in rows]
         else:
             top = await asyncio.to_thread(gamification.top, board, n)
-            entries = [BoardEntry(rank=i, user_id=u, score=s) for i, (u, s) in enumerate(top, 1)]
+            rows = [(i, u, sc) for i, (u, sc) in enumerate(top, 1)]
+        worn = await asyncio.to_thread(listeners.avatars, [u for _, u, _ in rows]) if listeners is not None else {}
+        entries = [BoardEntry(rank=r, user_id=u, score=sc, avatar=worn.get(u)) for r, u, sc in rows]
         return _json(web, Board(board=board, entries=entries), 200)
 
     @app.page("/v1/users/{user}/model")
     async def model(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        if (refused := denied(web, request, user)) is not None:
+            return refused
         got = listener_model(user) if listener_model is not None else None
         if got is None:
             return _error(web, 404, f"this worker holds no recommender state for {user!r}; ask the worker that "

@@ -118,6 +118,12 @@ class Lanes:
             out.items += got.items
         return out
 
+    def forget(self, user: str) -> bool:
+        held = False
+        for rec in self.lanes.values():
+            held |= rec.forget(user)
+        return held
+
     def delivered(self, rec_ids: list[uuid.UUID]) -> None:
         for rec in self.lanes.values():
             rec.delivered(rec_ids)

@@ -14,6 +14,10 @@ class Metrics:
         self.dead = Counter("encore_dead_letters_total", "Records sent to the DLQ", ["reason"], registry=registry)
         self.slates = Counter("encore_recommendations_total", "Slates published", ["policy"], registry=registry)
         self.duplicates = Counter("encore_duplicate_events_total", "Events skipped as already seen", registry=registry)
+        self.forgotten_dropped = Counter("encore_forgotten_events_dropped_total", "Events of listeners who asked to "
+                                         "be forgotten, dropped unread", registry=registry)
+        self.erased = Counter("encore_listeners_erased_total", "Listeners this worker erased from its stores",
+                              registry=registry)
         self.batch = Histogram("encore_batch_records", "Records per processed batch", registry=registry,
                                buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000))
         self.karma = Counter("encore_karma_events_total", "Events applied to gamification state, by outcome",

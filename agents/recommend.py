@@ -207,6 +207,28 @@ class Recommender:
                              "recent": {u: self.recent.pop(u) for u in users if u in self.recent},
                              "decisions": decisions, "unsent": unsent})
 
+    def forget(self, user: str) -> bool:
+        """Erase what this recommender holds of one listener (profile, recent plays, open decisions
+        and their feedback, unsent rewards). The shared model keeps what it learned from them in
+        aggregate (a linear model's sums cannot be split by listener). True if anything was held."""
+        profiles = getattr(getattr(self.policy, "gen", None), "profiles", {})
+        if not (user in self.partition_of or user in self.recent or user in self.join.by_user or user in profiles
+                or any(r.user_id == user for r in self.unsent.values())):
+            return False
+        users = {user}
+        held = any(bool(v) for v in self.policy.export_listeners(users).values())
+        join = self.join.export_users(users)
+        held |= bool(join["open"] or join["waiting"] or join["by_user"])
+        for r in join["open"]:
+            self.decisions.pop(r, None)
+        for r in [r for r, rec in self.decisions.items() if rec.user_id == user]:
+            del self.decisions[r]
+        for r in [r for r, rec in self.unsent.items() if rec.user_id == user]:
+            del self.unsent[r]
+        held |= self.recent.pop(user, None) is not None
+        held |= self.partition_of.pop(user, None) is not None
+        return held
+
     def import_partition(self, partition: int, blob: bytes, now: datetime) -> int:
         """Take over a partition's listeners exported by :meth:`export_partition`; returns how many."""
         state = pickle.loads(blob)

@@ -24,7 +24,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ from schemas.wire import SchemaCatalogue, Serde
 from sinks.clickhouse import AnalyticsSink, ClickHouseStore
 from sinks.gamification import GamificationStore
 from sinks.handoff import HandoffStore
+from sinks.listeners import ListenerStore
 from sinks.slate_cache import SlateCache
 from streams.app import create_app
 from streams.client import AsyncProducer
@@ -91,6 +92,24 @@ def load_catalogue(spec: str) -> Catalogue:
         raise FileNotFoundError(f"catalogue {spec} not found; set ENCORE_CATALOGUE to a JSONL file "
                                 "or synthetic:SEED:N")
     return Catalogue.from_jsonl(path)
+
+
+ERASE_STORES_WITHIN_S = 3600.0  # a worker (re)starting erases the stores again for requests this recent
+
+
+@dataclass(frozen=True)
+class Erase:
+    """A writer-queue item: forget ``users`` (model state); erase ``stores`` of them (Redis, ClickHouse)."""
+
+    users: list[str]
+    stores: set[str]
+
+
+def _age_s(iso: str) -> float:
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    except ValueError:
+        return 0.0
 
 
 def guarded(name: str, metrics: Metrics) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
@@ -206,12 +225,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     delivery = Delivery(serde, send, gamification=store, analytics=analytics, slate_cache=slate_cache,
                         metrics=metrics, on_stall=on_stall)
 
+    writer_queue: dict[str, asyncio.Queue[Any] | None] = {"q": None}  # the ingest agent's, once it runs
+
     @app.agent(events_topic, name="ingest")
     async def ingest_agent(stream: faust.StreamT) -> None:
         """Compute a batch and publish its slates at once; its writes go to the writer task, which
         runs them while the next batch is computed and acknowledges batches in order."""
-        queue: asyncio.Queue[tuple[list[Any], Outputs, list[Any], datetime, float]] = \
-            asyncio.Queue(maxsize=settings.batches_in_flight)
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=settings.batches_in_flight)
+        writer_queue["q"] = queue
         writer = asyncio.create_task(write_batches(stream, queue), name="encore-writer")
         writer.add_done_callback(writer_died)
         try:
@@ -255,25 +276,35 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 item = await asyncio.wait_for(queue.get(), wait)
             except TimeoutError:
                 item = None
+            if isinstance(item, Erase):  # after every batch decided before it is delivered
+                if done:
+                    await settle(stream, done)
+                    done, last = [], time.monotonic()
+                await retried("erase", erase_listeners, item)
+                continue
             if item is not None:
                 batch, out, pending, now, started = item
                 report = await retried("apply", delivery.apply, out, pending, topic_names, now)
                 done.append((batch, out, pending, report, started))
             due = time.monotonic() - last >= settings.commit_interval_s
             if done and (item is None or due or sum(len(d[0]) for d in done) >= settings.take_max):
-                await retried("checkpoint", delivery.checkpoint, [(o, p, r) for _, o, p, r, _ in done], topic_names,
-                              datetime.now(UTC))
-                for batch, out, _, report, started in done:
-                    for event in batch:
-                        await stream.ack(event)
-                    recommender.delivered([r.rec_id for r in out.rewards])  # out of the outbox
-                    try:
-                        observe(out, report, len(batch), time.perf_counter() - started)
-                    except Exception:  # metrics are not worth a stalled stream; a bug here is logged
-                        metrics.step_failures.labels("observe").inc()
-                        log.exception("batch metrics failed; the batch is delivered and acknowledged",
-                                      extra={"step": "observe"})
+                await settle(stream, done)
                 done, last = [], time.monotonic()
+
+    async def settle(stream: faust.StreamT, done: list[tuple[list[Any], Outputs, list[Any], Report, float]]) -> None:
+        """Checkpoint the applied batches (ClickHouse, sends confirmed), then acknowledge them."""
+        await retried("checkpoint", delivery.checkpoint, [(o, p, r) for _, o, p, r, _ in done], topic_names,
+                      datetime.now(UTC))
+        for batch, out, _, report, started in done:
+            for event in batch:
+                await stream.ack(event)
+            recommender.delivered([r.rec_id for r in out.rewards])  # out of the outbox
+            try:
+                observe(out, report, len(batch), time.perf_counter() - started)
+            except Exception:  # metrics are not worth a stalled stream; a bug here is logged
+                metrics.step_failures.labels("observe").inc()
+                log.exception("batch metrics failed; the batch is delivered and acknowledged",
+                              extra={"step": "observe"})
 
     async def retried(step: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """A failure that is not a store's (a bug): logged, counted, retried with the same backoff."""
@@ -310,6 +341,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         for (policy_id, source), n in Counter((s.policy_id, i.source) for s in out.slates for i in s.items).items():
             metrics.slate_items.labels(policy_id, source).inc(n)
         observe_rewards(out.rewards)
+        if out.forgotten:
+            metrics.forgotten_dropped.inc(out.forgotten)
         metrics.karma.labels("applied").inc(report.applied.applied)
         metrics.karma.labels("duplicate").inc(report.applied.duplicates)
         metrics.karma.labels("stale").inc(report.applied.stale)
@@ -408,6 +441,42 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         # replays from here (open decisions and their feedback come back), never from nothing
         take_snapshot()
 
+    listeners = ListenerStore(redis_client, settings.redis_prefix)
+    forgetting: dict[str, Any] = {"version": None}
+
+    @app.timer(settings.forget_poll_s)
+    @guarded("forget", metrics)
+    async def forget_listeners() -> None:
+        """Erasure requests (DELETE /v1/users/{user}, ``encore forget``): from now on the
+        listener's events are dropped unread; what this worker holds of them is erased once every
+        batch decided before is delivered (the writer runs the erasure in its order)."""
+        version = await asyncio.to_thread(listeners.forgotten_version)
+        if version == forgetting["version"]:
+            return
+        asked = await asyncio.to_thread(listeners.forgotten)
+        forgetting["version"] = version
+        new = sorted(set(asked) - state.forgotten)
+        if not new:
+            return
+        state.forgotten.update(new)
+        recent = {u for u in new if _age_s(asked[u]) < ERASE_STORES_WITHIN_S}  # older ones were erased then
+        queue = writer_queue["q"]
+        if queue is None:
+            await erase_listeners(Erase(new, recent))
+        else:
+            await queue.put(Erase(new, recent))
+
+    async def erase_listeners(job: Erase) -> None:
+        for user in job.users:
+            recommender.forget(user)
+        for user in sorted(job.stores):
+            keys = await delivery.until_done("forget", listeners.erase, user)
+            rows = await delivery.until_done("forget", analytics.store.erase_user, user) if analytics else {}
+            metrics.erased.inc()
+            log.info("listener %s forgotten: %d Redis keys and board entries, %d ClickHouse rows, model state",
+                     user, keys, sum(rows.values()), extra={"step": "forget"})
+        take_snapshot()  # the snapshot on disk no longer holds them
+
     handoffs = HandoffStore(redis_client, settings.redis_prefix, settings.app_id)
 
     @app.on_partitions_revoked.connect
@@ -444,6 +513,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 continue
             blob, offset = got
             n = recommender.import_partition(tp.partition, blob, datetime.now(UTC))
+            for user in state.forgotten:  # an old hand-off may still carry a forgotten listener
+                recommender.forget(user)
             state.learned_below[tp.partition] = offset
             learning["events_offsets"][tp.partition] = max(learning["events_offsets"].get(tp.partition, 0), offset)
             metrics.handoffs.labels("in").inc()
@@ -523,7 +594,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         return None if got is None else {**got, "worker_id": worker_id}
 
     register_api(app, settings, events_topic=events_topic, serde=serde, slates=slate_cache,
-                 gamification=store, readiness=readiness, listener_model=listener_model)
+                 gamification=store, readiness=readiness, listener_model=listener_model, listeners=listeners)
 
     @app.timer(settings.control_poll_s)
     @guarded("control", metrics)

@@ -168,6 +168,24 @@ class ClickHouseStore:
             result = self.client.query(sql, parameters=parameters or {})
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
+    def erase_user(self, user: str) -> dict[str, int]:
+        """Delete every row of one listener from every Encore table that has a ``user_id``
+        (a synchronous mutation). Returns table -> rows it held."""
+        held: dict[str, int] = {}
+        tables = [r["table"] for r in self.query(
+            "SELECT c.table AS table FROM system.columns AS c JOIN system.tables AS t "
+            "ON c.database = t.database AND c.table = t.name WHERE c.database = currentDatabase() "
+            "AND c.name = 'user_id' AND t.engine LIKE '%MergeTree' ORDER BY table")]
+        for table in tables:
+            with self._lock:
+                n = int(self.client.query(f"SELECT count() FROM {table} WHERE user_id = {{u:String}}",
+                                          parameters={"u": user}).result_rows[0][0])
+                if n:
+                    self.client.command(f"ALTER TABLE {table} DELETE WHERE user_id = {{u:String}}",
+                                        parameters={"u": user}, settings={"mutations_sync": 2})
+            held[table] = n
+        return held
+
     def count(self, table: str) -> int:
         return int(self.query(f"SELECT count() AS n FROM {table} FINAL")[0]["n"])
 

@@ -54,7 +54,12 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(6.0, gt=0, description="see INFRA: tansu joins take half of it")
 
     # --- HTTP API (on the worker's web port) --------------------------------------------
-    api_keys: SecretStr | None = Field(None, description="comma-separated keys for POST /v1/events")
+    api_keys: SecretStr | None = Field(None, description="comma-separated service keys (X-API-Key): any "
+                                       "listener's events and reads")
+    token_secret: SecretStr | None = Field(None, description="signs listener tokens (agents.auth); unset: "
+                                           "derived from the first API key")
+    forget_poll_s: float = Field(2.0, gt=0, description="how often a worker looks for new erasure requests")
+    token_ttl_s: float = Field(7 * 86_400.0, gt=0, description="how long a listener token is valid")
     log_json: bool = Field(True, description="structured JSON logs from the worker")
     shutdown_grace_s: float = Field(5.0, ge=0, description="on SIGTERM, wait this long at most for batches in "
                                     "flight (the rest is delivered again after the restart)")

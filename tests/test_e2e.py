@@ -23,7 +23,7 @@ from streams.client import EventProducer
 from streams.settings import Settings
 from streams.simloop import BAD_RECORDS, ClosedLoop
 from streams.simulator import World, synthetic_catalogue
-from tests.conftest import MAX_RECORD, settings_env
+from tests.conftest import API_KEY, MAX_RECORD, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SERDE = Serde()
@@ -230,7 +230,8 @@ def test_demo_command_prints_its_summary(worker) -> None:  # type: ignore[no-unt
     served = worker_total(url, "encore_embeddings_tracks")
     assert 0 < served <= 2000 and worker_total(url, "encore_embeddings_trained_timestamp_seconds") > 0
     user = next(m.group(1) for m in re.finditer(r"(u-\d{5})", out.stdout))
-    model = json.loads(urllib.request.urlopen(f"{url}/v1/users/{user}/model", timeout=5).read())
+    model = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{url}/v1/users/{user}/model", headers={"X-API-Key": API_KEY}), timeout=5).read())
     assert model["embeddings"] and model["embeddings"].startswith("als-")
 
 

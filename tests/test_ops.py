@@ -69,11 +69,12 @@ def test_writes_need_an_api_key_and_bad_input_gets_a_precise_answer(worker) -> N
     status, body = call(url + "/v1/events", "POST", json.dumps(event).encode(), API_KEY)
     assert (status, body) == (202, {"accepted": 1, "records": 1})
     deadline = time.monotonic() + 20
-    while (got := call(url + f"/v1/recommendations/{event['user_id']}"))[0] == 404:
+    while (got := call(url + f"/v1/recommendations/{event['user_id']}", key=API_KEY))[0] == 404:
         assert time.monotonic() < deadline, "no slate came back for an accepted request"
         time.sleep(0.3)
     assert got[0] == 200 and got[1]["request_id"] == event["event_id"] and len(got[1]["items"]) == 10
-    assert call(url + "/v1/users/nobody-at-all/profile")[0] == 404
+    assert call(url + "/v1/users/nobody-at-all/profile", key=API_KEY)[0] == 404
+    assert call(url + "/v1/users/nobody-at-all/profile")[0] == 401  # private: a key or the listener's token
     assert call(url + "/v1/leaderboards/global?n=0")[0] == 400
     status, board = call(url + "/v1/leaderboards/global?n=3")
     assert status == 200 and board["board"] == "global" and len(board["entries"]) <= 3

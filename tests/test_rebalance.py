@@ -18,7 +18,7 @@ from schemas.events import Interaction, Kind, Recommendation, RewardRecord
 from schemas.wire import Serde
 from streams.client import EventProducer
 from streams.simulator import synthetic_catalogue
-from tests.conftest import start_worker
+from tests.conftest import API_KEY, start_worker
 from tests.test_e2e import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -27,7 +27,7 @@ CAT = synthetic_catalogue(7, 2000)
 
 def get(url: str) -> tuple[int, dict]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"X-API-Key": API_KEY}), timeout=10) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -47,7 +47,7 @@ def test_a_moved_partition_brings_its_listeners_profiles_and_open_decisions(stac
                                                   "state_dir": tmp_path}))
     own.ensure_topics()
     common = {"analytics_enabled": False, "gamification_enabled": False, "topic_prefix": prefix,
-              "app_id": own.settings.app_id, "state_dir": tmp_path, "reward_window_s": 300.0}
+              "app_id": own.settings.app_id, "state_dir": tmp_path, "reward_window_s": 300.0, "api_keys": API_KEY}
     settings, url_a = start_worker(own, "worker-a", worker_id="a", **common)
     wait("worker a to own every partition", lambda: get(url_a + "/readyz")[1].get("partitions") == [0, 1, 2, 3])
     users = [f"mover-{uuid.uuid4().hex[:6]}" for _ in range(12)]

@@ -1,0 +1,188 @@
+"""What a listener may do, against real workers, Redis and chDB: tokens (who may read what),
+avatars (wear only what you unlocked, shown on boards), and forget-me (erased from every store,
+everyone else untouched)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from agents.auth import Denied, issue, listener_of
+from deploy.local.stack import Stack, _stop
+from tests.conftest import API_KEY, start_worker
+
+pytestmark = [pytest.mark.integration]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def call(url: str, method: str = "GET", body: object = None, *, key: str | None = None,
+         token: str | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if key:
+        req.add_header("X-API-Key", key)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def wait(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+    return got
+
+
+def events(user: str, n_plays: int, session: str = "s-1") -> list[dict]:
+    """n completed plays (with a like each) and a request for a slate."""
+    now = datetime.now(UTC)
+    out: list[dict] = []
+    for i in range(n_plays):
+        track = f"t-{i * 7:05d}"
+        for kind in ("play_start", "play_end", "like"):
+            out.append({"event_id": str(uuid.uuid4()), "user_id": user, "session_id": session, "kind": kind,
+                        "track_id": track, "occurred_at": (now - timedelta(seconds=60 - i)).isoformat(),
+                        "context": {"device": "mobile", "activity": "study"}})
+    out.append({"event_id": str(uuid.uuid4()), "user_id": user, "session_id": session, "kind": "rec_request",
+                "occurred_at": now.isoformat(), "context": {"device": "mobile", "activity": "study"}})
+    return out
+
+
+def token_for(url: str, user: str) -> str:
+    status, body = call(url + "/v1/tokens", "POST", {"user_id": user}, key=API_KEY)
+    assert status == 201, body
+    return str(body["token"])
+
+
+def test_a_token_names_its_listener_and_expires() -> None:
+    secret = b"s" * 32
+    token, _ = issue(secret, "ann", 60)
+    assert listener_of(secret, token) == "ann"
+    with pytest.raises(Denied) as wrong:
+        listener_of(b"t" * 32, token)
+    assert wrong.value.status == 401
+    old, _ = issue(secret, "ann", 60, datetime.now(UTC) - timedelta(hours=1))
+    with pytest.raises(Denied, match="expired"):
+        listener_of(secret, old)
+
+
+def test_a_listener_reads_and_acts_for_themselves_only(worker) -> None:  # type: ignore[no-untyped-def]
+    _, url = worker
+    ann, bob = f"ann-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    assert call(url + "/v1/tokens", "POST", {"user_id": ann})[0] == 401  # services only
+    t_ann, t_bob = token_for(url, ann), token_for(url, bob)
+    assert call(url + "/v1/tokens", "POST", {"user_id": ann}, token=t_ann)[0] == 403
+    assert call(url + "/v1/events", "POST", events(ann, 3), token=t_ann)[0] == 202  # the app sends its own
+    assert call(url + "/v1/events", "POST", events(bob, 1), token=t_ann)[0] == 403  # never someone else's
+    assert call(url + "/v1/events", "POST", events(bob, 1), token=t_bob)[0] == 202
+    wait("ann's slate and karma", lambda: call(url + f"/v1/recommendations/{ann}", token=t_ann)[0] == 200
+         and call(url + f"/v1/users/{ann}/profile", token=t_ann)[0] == 200)
+    status, mine = call(url + f"/v1/users/{ann}/profile", token=t_ann)
+    assert status == 200 and mine["user_id"] == ann and mine["karma"] > 0
+    for path in (f"/v1/users/{ann}/profile", f"/v1/recommendations/{ann}", f"/v1/users/{ann}/model"):
+        assert call(url + path, token=t_bob)[0] == 403, path  # bob never reads ann's
+        assert call(url + path)[0] == 401, path  # nobody without credentials
+        assert call(url + path, token=t_ann + "x")[0] == 401, path  # a tampered token
+        assert call(url + path, key=API_KEY)[0] in (200, 404), path  # a service reads anyone
+    assert call(url + f"/v1/users/{ann}", "DELETE", token=t_bob)[0] == 403
+    assert call(url + f"/v1/leaderboards/global?around={ann}")[0] == 200  # boards are public
+
+
+def test_a_listener_wears_only_an_avatar_item_they_unlocked_and_boards_show_it(worker) -> None:  # type: ignore[no-untyped-def]
+    _, url = worker
+    cat = f"cat-{uuid.uuid4().hex[:6]}"
+    token = token_for(url, cat)
+    assert call(url + "/v1/events", "POST", events(cat, 2), token=token)[0] == 202
+    profile = wait("cat's profile", lambda: (got := call(url + f"/v1/users/{cat}/profile", token=token))[0] == 200
+                   and got[1])
+    assert "basic-headphones" in profile["avatar_items"] and profile["avatar"] is None
+    status, refused = call(url + f"/v1/users/{cat}/avatar", "PUT", {"item": "platinum-crown"}, token=token)
+    assert status == 409 and "not unlocked" in refused["error"] and "basic-headphones" in refused["error"]
+    assert call(url + f"/v1/users/{cat}/avatar", "PUT", {"nope": 1}, token=token)[0] == 400
+    status, worn = call(url + f"/v1/users/{cat}/avatar", "PUT", {"item": "basic-headphones"}, token=token)
+    assert status == 200 and worn["avatar"] == "basic-headphones"
+    status, board = call(url + f"/v1/leaderboards/global?around={cat}&n=4")
+    assert status == 200 and {e["user_id"]: e["avatar"] for e in board["entries"]}[cat] == "basic-headphones"
+
+
+def _clickhouse_rows(dsn: str, users: list[str]) -> dict[str, dict[str, int]]:
+    """Rows per table per listener, read in a process of its own (chDB: one path per process)."""
+    code = ("import json, sys\nfrom sinks.clickhouse import ClickHouseStore\n"
+            "s = ClickHouseStore(sys.argv[1])\nout = {}\n"
+            "for t in ('events', 'recommendations', 'karma_history', 'leaderboard_snapshots', "
+            "'experiment_exposures', 'experiment_outcomes'):\n"
+            "    out[t] = {u: s.query(f'SELECT count() AS n FROM {t} WHERE user_id = {{u:String}}', {'u': u})[0]['n'] "
+            "for u in sys.argv[2:]}\nprint(json.dumps(out))\n")
+    got = subprocess.run([sys.executable, "-c", code, dsn, *users], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert got.returncode == 0, got.stderr[-2000:]
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
+def test_forget_me_erases_a_listener_from_every_store_and_leaves_the_others(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dsn = f"chdb://{tmp_path / 'chdb'}"
+    prefix = f"fg{uuid.uuid4().hex[:4]}"
+    own = Stack(stack.settings.model_copy(update={"topic_prefix": f"{prefix}.", "app_id": f"{prefix}-app",
+                                                  "state_dir": tmp_path}))
+    own.ensure_topics()  # topics and a consumer group of its own: this worker owns every partition
+    settings, url = start_worker(own, "worker-forget", api_keys=API_KEY, clickhouse_dsn=dsn, state_dir=tmp_path,
+                                 redis_prefix=prefix, topic_prefix=f"{prefix}.", app_id=f"{prefix}-app",
+                                 snapshot_interval_s=1.0, model_snapshot_interval_s=1.0, reward_window_s=2.0)
+    gone, kept = f"gone-{uuid.uuid4().hex[:6]}", f"kept-{uuid.uuid4().hex[:6]}"
+    tokens = {u: token_for(url, u) for u in (gone, kept)}
+    for u in (gone, kept):
+        assert call(url + "/v1/events", "POST", events(u, 4), token=tokens[u])[0] == 202
+    for u in (gone, kept):
+        wait(f"{u}'s slate, karma and model state",
+             lambda u=u: all(call(url + p, token=tokens[u])[0] == 200
+                             for p in (f"/v1/recommendations/{u}", f"/v1/users/{u}/profile", f"/v1/users/{u}/model")))
+    r = redis.Redis.from_url(settings.redis_url)
+    for u in (gone, kept):  # their karma history reached ClickHouse (read through the worker that owns chDB)
+        wait(f"{u}'s rows in ClickHouse", lambda u=u: call(f"{url}/api/dashboard/karma?user={u}")[1], timeout=30)
+    time.sleep(3.0)  # the reward window closes, a board snapshot and a model snapshot are taken
+
+    status, body = call(url + f"/v1/users/{gone}", "DELETE", token=tokens[gone])  # the listener asks
+    assert status == 202 and body["user_id"] == gone
+    wait("the erasure", lambda: call(url + f"/v1/users/{gone}/profile", key=API_KEY)[0] == 404
+         and call(url + f"/v1/users/{gone}/model", key=API_KEY)[0] == 404, timeout=30)
+    # events of the forgotten listener still arriving (an app offline until now) are dropped unread
+    assert call(url + "/v1/events", "POST", events(gone, 2), key=API_KEY)[0] == 202
+    assert call(url + "/v1/events", "POST", events(kept, 1), key=API_KEY)[0] == 202
+    time.sleep(3.0)
+
+    left = [k.decode() for k in r.scan_iter(match=f"{prefix}:*", count=1000) if gone.encode() in k]
+    boards = [k.decode() for k in r.scan_iter(match=f"{prefix}:lb:*", count=1000)
+              if r.type(k) == b"zset" and r.zscore(k, gone) is not None]
+    assert left == [] and boards == [], (left, boards)
+    assert call(url + f"/v1/recommendations/{gone}", key=API_KEY)[0] == 404
+    assert call(url + f"/v1/users/{kept}/profile", key=API_KEY)[0] == 200
+    assert call(url + f"/v1/recommendations/{kept}", key=API_KEY)[0] == 200
+    assert call(url + f"/v1/users/{kept}/model", key=API_KEY)[0] == 200
+    pid = own.pid_of("worker-forget")
+    assert pid is not None
+    _stop(pid)
+    rows = _clickhouse_rows(dsn, [gone, kept])
+    assert all(per[gone] == 0 for per in rows.values()), rows
+    assert rows["events"][kept] > 0 and rows["karma_history"][kept] > 0 and rows["recommendations"][kept] > 0, rows
+    snapshots = list((tmp_path / "models").glob("*.snapshot"))
+    assert snapshots
+    for path in snapshots:
+        raw = path.read_bytes()
+        assert gone.encode() not in raw and kept.encode() in raw, path  # nothing of theirs, the others kept
+        pickle.loads(raw)  # still a readable snapshot
