@@ -1,4 +1,4 @@
-"""``encore`` command line: produce, replay, tail, simulate, demo, topics.
+"""``encore`` command line: produce, replay, tail, simulate, demo, topics, token, forget.
 
     encore produce events.jsonl            # one JSON event (or batch) per line; - for stdin
     encore replay history.csv --speed 60   # CSV user,track,timestamp[,artist,duration,action]
@@ -397,6 +397,61 @@ def cmd_rebuild_gamification(settings: Settings, args: argparse.Namespace) -> in
     return 0
 
 
+def _worker_call(settings: Settings, method: str, path: str, body: object = None) -> tuple[int, dict]:
+    """One call to the local worker's API with the service key (ENCORE_API_KEYS or the local one)."""
+    import urllib.error
+
+    from deploy.local.stack import Stack
+
+    url = f"http://{settings.web_host}:{settings.web_port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", "X-API-Key": Stack(settings).api_key()})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+    except OSError as exc:
+        return 0, {"error": f"no worker at {url} ({exc}); start one with `make up`"}
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """A listener token from the worker (what a sign-in service does for a signed-in listener)."""
+    status, body = _worker_call(settings, "POST", "/v1/tokens", {"user_id": args.user})
+    if status != 201:
+        console.print(f"[red]no token ({status}): {body.get('error')}[/red]")
+        return 1
+    print(body["token"])
+    Console(stderr=True).print(f"valid until {body['expires_at']}; the listener app: http://{settings.web_host}:"
+                               f"{settings.web_port}/app/#token={body['token']}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
+    """Erase a listener everywhere, and wait until Redis holds nothing of theirs."""
+    import redis
+
+    from sinks.listeners import ListenerStore
+
+    status, body = _worker_call(settings, "DELETE", f"/v1/users/{args.user}")
+    if status != 202:
+        console.print(f"[red]erasure not requested ({status}): {body.get('error')}[/red]")
+        return 1
+    console.print(f"erasure of {args.user} requested at {body['requested_at']}; waiting for the workers")
+    store = ListenerStore(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    deadline = time.monotonic() + args.timeout
+    while left := store.holds(args.user):
+        if time.monotonic() > deadline:
+            console.print(f"[red]Redis still holds {len(left)} of their keys after {args.timeout:.0f} s: "
+                          f"{left[:5]}; are the workers running? (`make status`)[/red]")
+            return 1
+        time.sleep(0.5)
+    console.print(f"{args.user} is forgotten: no Redis key or board entry left; the workers erased their "
+                  "ClickHouse rows and model state (see encore_listeners_erased_total)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="encore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -434,11 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("topics", help="create the topic catalogue and list it")
     sub.add_parser("rebuild-gamification", help="recompute Redis gamification state from the events in "
                    "ClickHouse (workers stopped)")
+    p = sub.add_parser("token", help="print a listener token (and the listener app's link)")
+    p.add_argument("user")
+    p = sub.add_parser("forget", help="erase a listener from every store (their right to be forgotten)")
+    p.add_argument("user")
+    p.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     settings = load_settings()
     commands = {"produce": cmd_produce, "replay": cmd_replay, "tail": cmd_tail,
                 "simulate": cmd_simulate, "demo": cmd_simulate, "topics": cmd_topics,
-                "rebuild-gamification": cmd_rebuild_gamification}
+                "rebuild-gamification": cmd_rebuild_gamification, "token": cmd_token, "forget": cmd_forget}
     return commands[args.command](settings, args)
 
 

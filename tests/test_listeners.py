@@ -5,6 +5,7 @@ everyone else untouched)."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from agents.auth import Denied, issue, listener_of
-from deploy.local.stack import Stack, _stop
+from deploy.local.stack import Stack, _stop, settings_env
 from tests.conftest import API_KEY, start_worker
 
 pytestmark = [pytest.mark.integration]
@@ -144,11 +145,11 @@ def test_forget_me_erases_a_listener_from_every_store_and_leaves_the_others(stac
     settings, url = start_worker(own, "worker-forget", api_keys=API_KEY, clickhouse_dsn=dsn, state_dir=tmp_path,
                                  redis_prefix=prefix, topic_prefix=f"{prefix}.", app_id=f"{prefix}-app",
                                  snapshot_interval_s=1.0, model_snapshot_interval_s=1.0, reward_window_s=2.0)
-    gone, kept = f"gone-{uuid.uuid4().hex[:6]}", f"kept-{uuid.uuid4().hex[:6]}"
-    tokens = {u: token_for(url, u) for u in (gone, kept)}
-    for u in (gone, kept):
+    gone, kept, also = (f"{who}-{uuid.uuid4().hex[:6]}" for who in ("gone", "kept", "also"))
+    tokens = {u: token_for(url, u) for u in (gone, kept, also)}
+    for u in (gone, kept, also):
         assert call(url + "/v1/events", "POST", events(u, 4), token=tokens[u])[0] == 202
-    for u in (gone, kept):
+    for u in (gone, kept, also):
         wait(f"{u}'s slate, karma and model state",
              lambda u=u: all(call(url + p, token=tokens[u])[0] == 200
                              for p in (f"/v1/recommendations/{u}", f"/v1/users/{u}/profile", f"/v1/users/{u}/model")))
@@ -161,15 +162,21 @@ def test_forget_me_erases_a_listener_from_every_store_and_leaves_the_others(stac
     assert status == 202 and body["user_id"] == gone
     wait("the erasure", lambda: call(url + f"/v1/users/{gone}/profile", key=API_KEY)[0] == 404
          and call(url + f"/v1/users/{gone}/model", key=API_KEY)[0] == 404, timeout=30)
+    # ops run the command for a request that came by another channel
+    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
+    cli = subprocess.run([sys.executable, "-m", "streams.cli", "forget", also], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=ROOT)
+    assert cli.returncode == 0 and "is forgotten" in cli.stdout, cli.stdout + cli.stderr
     # events of the forgotten listener still arriving (an app offline until now) are dropped unread
     assert call(url + "/v1/events", "POST", events(gone, 2), key=API_KEY)[0] == 202
     assert call(url + "/v1/events", "POST", events(kept, 1), key=API_KEY)[0] == 202
     time.sleep(3.0)
 
-    left = [k.decode() for k in r.scan_iter(match=f"{prefix}:*", count=1000) if gone.encode() in k]
-    boards = [k.decode() for k in r.scan_iter(match=f"{prefix}:lb:*", count=1000)
-              if r.type(k) == b"zset" and r.zscore(k, gone) is not None]
-    assert left == [] and boards == [], (left, boards)
+    for u in (gone, also):
+        left = [k.decode() for k in r.scan_iter(match=f"{prefix}:*", count=1000) if u.encode() in k]
+        boards = [k.decode() for k in r.scan_iter(match=f"{prefix}:lb:*", count=1000)
+                  if r.type(k) == b"zset" and r.zscore(k, u) is not None]
+        assert left == [] and boards == [], (u, left, boards)
     assert call(url + f"/v1/recommendations/{gone}", key=API_KEY)[0] == 404
     assert call(url + f"/v1/users/{kept}/profile", key=API_KEY)[0] == 200
     assert call(url + f"/v1/recommendations/{kept}", key=API_KEY)[0] == 200
@@ -177,12 +184,12 @@ def test_forget_me_erases_a_listener_from_every_store_and_leaves_the_others(stac
     pid = own.pid_of("worker-forget")
     assert pid is not None
     _stop(pid)
-    rows = _clickhouse_rows(dsn, [gone, kept])
-    assert all(per[gone] == 0 for per in rows.values()), rows
+    rows = _clickhouse_rows(dsn, [gone, kept, also])
+    assert all(per[gone] == 0 and per[also] == 0 for per in rows.values()), rows
     assert rows["events"][kept] > 0 and rows["karma_history"][kept] > 0 and rows["recommendations"][kept] > 0, rows
     snapshots = list((tmp_path / "models").glob("*.snapshot"))
     assert snapshots
     for path in snapshots:
         raw = path.read_bytes()
-        assert gone.encode() not in raw and kept.encode() in raw, path  # nothing of theirs, the others kept
+        assert gone.encode() not in raw and also.encode() not in raw and kept.encode() in raw, path  # nothing of theirs, the others kept
         pickle.loads(raw)  # still a readable snapshot
