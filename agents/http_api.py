@@ -8,6 +8,7 @@
     DELETE /v1/users/{user}            forget the listener everywhere
     GET    /v1/leaderboards/{board}    top N (?n=), or the board around a listener (?around=)
     GET    /v1/users/{user}/model      what this worker's recommender holds about the listener
+    GET    /v1/tracks?ids=a,b          catalogue rows (artist, genre, duration)
     GET    /healthz, /readyz           liveness; readiness (partitions assigned)
     GET    /openapi.json               this API, generated from the route table and the contracts
 
@@ -34,6 +35,7 @@ import faust
 from pydantic import BaseModel, Field, ValidationError
 
 from agents.auth import Denied, issue, require, signing_secret
+from online_models.catalogue import Catalogue
 from schemas.events import EventBatch, Interaction, Recommendation
 from schemas.wire import Serde, decode_events
 from sinks.gamification import GamificationStore
@@ -98,6 +100,18 @@ class BoardEntry(BaseModel):
     user_id: str
     score: float
     avatar: str | None = Field(None, description="the avatar item the listener wears")
+
+
+class Track(BaseModel):
+    track_id: str
+    artist_id: str
+    genre: str
+    duration_ms: int
+
+
+class Tracks(BaseModel):
+    tracks: list[Track]
+    unknown: list[str] = Field(default_factory=list, description="ids not in the catalogue")
 
 
 class TokenRequest(BaseModel):
@@ -203,6 +217,10 @@ ROUTES = (
     Route("get", "/v1/users/{user}/model", "What this worker's recommender holds about a listener (404 on the "
           "workers that do not own the listener's partition)", {200: ListenerModel, **DENIED, 404: ErrorBody},
           params=(USER,), secured=True),
+    Route("get", "/v1/tracks", "Catalogue rows of some tracks (artist, genre, duration): public",
+          {200: Tracks, 400: ErrorBody},
+          params=({"name": "ids", "in": "query", "required": True, "description": "comma-separated track ids (≤ 100)",
+                   "schema": {"type": "string", "minLength": 1}},)),
     Route("get", "/healthz", "Liveness", {200: Health}),
     Route("get", "/readyz", "Readiness: partitions assigned, not rebalancing, not waiting for a store",
           {200: Ready, 503: Ready}),
@@ -259,7 +277,8 @@ def _error(web: faust.web.View, status: int, message: str, problems: list[Proble
 
 def register_api(app: faust.App, settings: Settings, *, events_topic: faust.TopicT, serde: Serde,
                  slates: SlateCache, gamification: GamificationStore | None, readiness: Any,
-                 listener_model: Any = None, listeners: ListenerStore | None = None) -> None:
+                 listener_model: Any = None, listeners: ListenerStore | None = None,
+                 catalogue: Catalogue | None = None) -> None:
     keys = settings.api_key_set()
     secret = signing_secret(settings)
     limit = settings.max_record_bytes
@@ -423,6 +442,23 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
             return _error(web, 404, f"this worker holds no recommender state for {user!r}; ask the worker that "
                                     "owns the listener's events partition (see /readyz partitions)")
         return _json(web, ListenerModel.model_validate(got), 200)
+
+    @app.page("/v1/tracks")
+    async def tracks(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        ids = [t for t in request.query.get("ids", "").split(",") if t]
+        if not ids or len(ids) > 100:
+            return _error(web, 400, "ids: 1 to 100 comma-separated track ids")
+        if catalogue is None:
+            return _json(web, Tracks(tracks=[], unknown=ids), 200)
+        rows, unknown = [], []
+        for t in ids:
+            i = catalogue.index.get(t)
+            if i is None:
+                unknown.append(t)
+            else:
+                rows.append(Track(track_id=t, artist_id=catalogue.artist_ids[i], genre=catalogue.genre_of(i),
+                                  duration_ms=int(catalogue.duration_ms[i])))
+        return _json(web, Tracks(tracks=rows, unknown=unknown), 200)
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -57,6 +57,7 @@ from agents.metrics import Metrics
 from agents.recommend import Learned, Recommender
 from experiments.config import DEFAULT_LANE, Control, Experiment, Lane, load_experiments
 from experiments.control import ControlStore, describe
+from listener_app.web import register_listener_app
 from online_models.catalogue import Catalogue
 from online_models.challenges import goals_from
 from online_models.embeddings import latest_version
@@ -594,7 +595,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         return None if got is None else {**got, "worker_id": worker_id}
 
     register_api(app, settings, events_topic=events_topic, serde=serde, slates=slate_cache,
-                 gamification=store, readiness=readiness, listener_model=listener_model, listeners=listeners)
+                 gamification=store, readiness=readiness, listener_model=listener_model, listeners=listeners,
+                 catalogue=catalogue)
+    register_listener_app(app)
 
     @app.timer(settings.control_poll_s)
     @guarded("control", metrics)
