@@ -15,6 +15,7 @@ the failure left it; a bug must not stop the stream).
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -26,10 +27,12 @@ from agents.gamify import Effect, Rules, effect_for
 from agents.ingest import Ingested, RawRecord, dead_letter, ingest
 from agents.lanes import Lanes
 from agents.recommend import Recommender
+from online_models.candidates import FriendTracks
 from online_models.catalogue import Catalogue
-from schemas.events import DeadLetter, Interaction, Kind, Recommendation, RewardRecord
+from schemas.events import FRIEND_KINDS, DeadLetter, Interaction, Kind, Recommendation, RewardRecord
 from schemas.wire import Serde
 from sinks.clickhouse import event_rows, slate_rows
+from sinks.listeners import Social
 
 log = logging.getLogger("encore.batch")
 
@@ -51,6 +54,7 @@ class BatchState:
     learned_below: dict[int, int] = field(default_factory=dict)
     #: listeners asked to be forgotten: their events still on the topic are dropped, unread
     forgotten: set[str] = field(default_factory=set)
+    social: bool = False  # compute friend edges, completions and likes for the listener store
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Outputs:
     rows: dict[str, list[list[Any]]] = field(default_factory=dict)  # ClickHouse table -> rows
     duplicates: int = 0  # events skipped as already seen by the recommender
     forgotten: int = 0  # events of forgotten listeners, dropped
+    social: Social = field(default_factory=Social)  # friend edges, completions, likes (listener store)
 
     def offsets(self) -> dict[int, int]:
         """events partition -> next offset, once this batch is delivered."""
@@ -111,10 +116,12 @@ def requests(decoded: Ingested, state: BatchState) -> list[tuple[str, uuid.UUID]
 
 
 def process_batch(records: list[RawRecord], state: BatchState, now: datetime, decoded: Ingested | None = None,
-                  known: Mapping[uuid.UUID, Recommendation] | None = None) -> Outputs:
+                  known: Mapping[uuid.UUID, Recommendation] | None = None,
+                  social: Mapping[str, FriendTracks] | None = None) -> Outputs:
     """Decode, recommend, learn, and compute every effect of one batch. Never raises on input.
     ``decoded`` is :func:`decode` of the records when the caller has it already; ``known``
-    holds the slates already published for some of its requests (rec_id -> slate)."""
+    holds the slates already published for some of its requests (rec_id -> slate); ``social``
+    what the requesters' friends finished lately (listener -> FriendTracks)."""
     if decoded is None:
         decoded = decode(records, state, now)
     out = Outputs(records, decoded.events, decoded.origin, dead=decoded.dead)
@@ -133,7 +140,7 @@ def process_batch(records: list[RawRecord], state: BatchState, now: datetime, de
     else:
         events = out.events
     try:
-        out.slates = rec.process(events, now, partitions, known)
+        out.slates = rec.process(events, now, partitions, known, social)
         out.rewards = rec.close(now).records  # step reward-join: decisions whose window passed
     except Exception as exc:  # a bug must not stop the stream: park the batch, say why
         log.exception("recommend step failed; the batch's records go to the DLQ",
@@ -149,9 +156,27 @@ def process_batch(records: list[RawRecord], state: BatchState, now: datetime, de
         gamified = [x for x in enriched if rec.gamified(x.event.user_id)] if routed else enriched  # type: ignore[union-attr]
         out.effects = [f for f in (effect_for(x.event, state.rules, artist=x.artist, genre=x.genre, local=x.local)
                                    for x in gamified) if f is not None]
+    if state.social:
+        out.social = social_of(out.events, state.forgotten)
     if state.analytics:
         out.rows["events"] = event_rows(((x.event, x.artist, x.genre, x.local) for x in enriched), now)
         out.rows["recommendations"] = slate_rows(out.slates)
         if routed:
             out.rows["experiment_exposures"] = rec.exposures(out.events)  # type: ignore[union-attr]
     return out
+
+
+def social_of(events: list[Interaction], forgotten: set[str]) -> Social:
+    """What the batch changes of the listeners' social state: follow / unfollow edges (never to
+    a forgotten listener), completions (their followers' candidates) and likes (their feed)."""
+    social = Social()
+    for e in events:
+        ms = int(e.occurred_at.timestamp() * 1000)
+        if e.kind in FRIEND_KINDS and e.friend_id is not None and e.friend_id not in forgotten:
+            social.edges.append((e.user_id, e.friend_id, ms, e.kind == Kind.FOLLOW_USER))
+        elif e.kind == Kind.PLAY_END and e.track_id:
+            social.completions.append((e.user_id, e.track_id, ms))
+        elif e.kind == Kind.LIKE and e.track_id:
+            item = json.dumps({"kind": "like", "track_id": e.track_id, "id": str(e.event_id)}, sort_keys=True)
+            social.activity.append((e.user_id, item, ms))
+    return social

@@ -33,6 +33,7 @@ The failure policy, stated once (:meth:`Delivery.until_done`):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -51,6 +52,7 @@ from schemas.events import DeadLetter, GamificationEvent, Recommendation
 from schemas.wire import Serde
 from sinks.clickhouse import AnalyticsSink, StoreUnavailable, is_transient, slate_rows
 from sinks.gamification import Applied, GamificationStore
+from sinks.listeners import ListenerStore, Social
 from sinks.slate_cache import SlateCache
 
 log = logging.getLogger("encore.deliver")
@@ -92,12 +94,14 @@ class Report:
 class Delivery:
     def __init__(self, serde: Serde, send: Send, *, gamification: GamificationStore | None,
                  analytics: AnalyticsSink | None, slate_cache: SlateCache | None, metrics: Any,
+                 listeners: ListenerStore | None = None,
                  on_stall: Callable[[bool], None] = lambda stalled: None, max_backoff_s: float = 30.0) -> None:
         self.serde = serde
         self.send = send
         self.gamification = gamification
         self.analytics = analytics
         self.slate_cache = slate_cache
+        self.listeners = listeners
         self.metrics = metrics
         self.on_stall = on_stall
         self.max_backoff_s = max_backoff_s
@@ -234,6 +238,13 @@ class Delivery:
             await self._queue(pending, topics["gamification"], g["user_id"].encode(),
                               self.serde.encode_fields(GamificationEvent, g))
         report.gamification_events = len(report.applied.outputs)
+        if self.listeners is not None:
+            unlocked = [(g["user_id"], json.dumps({"kind": "achievement", "achievement": g["achievement_unlocked"]},
+                                                  sort_keys=True), int(g["created_at"].timestamp() * 1000))
+                        for g in report.applied.outputs if g.get("achievement_unlocked")]  # to their feed
+            social = Social(out.social.edges, out.social.completions, out.social.activity + unlocked)
+            if social:
+                await self.until_done("social", self.listeners.apply, social)
         for letter in self._refused_letters(out, refused, now):
             report.dead.append(letter)
             await self._queue(pending, topics["dlq"], letter.key, self.serde.encode(letter))

@@ -6,7 +6,12 @@
     GET    /v1/users/{user}/profile    karma, tier, avatar items (and the one worn), streak, achievements, rank
     PUT    /v1/users/{user}/avatar     wear an avatar item the listener unlocked
     DELETE /v1/users/{user}            forget the listener everywhere
-    GET    /v1/leaderboards/{board}    top N (?n=), or the board around a listener (?around=)
+    GET    /v1/users/{user}/friends    who they follow (follow_user / unfollow_user events) and who follows them
+    GET|PUT /v1/users/{user}/privacy   what their followers may see (listening, activity, board)
+    GET    /v1/users/{user}/feed       likes and achievements of those they follow
+    GET    /v1/users/{user}/friends/board  them and those they follow, by karma
+    GET    /v1/leaderboards/{board}    top N (?n=), or the board around a listener (?around=); a listener
+                                       who keeps their board place private shows as "(private)"
     GET    /v1/users/{user}/model      what this worker's recommender holds about the listener
     GET    /v1/tracks?ids=a,b          catalogue rows (artist, genre, duration)
     GET    /healthz, /readyz           liveness; readiness (partitions assigned)
@@ -29,10 +34,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import faust
-from pydantic import BaseModel, Field, ValidationError
+from cachetools import TTLCache
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.auth import Denied, issue, require, signing_secret
 from online_models.catalogue import Catalogue
@@ -112,6 +118,42 @@ class Track(BaseModel):
 class Tracks(BaseModel):
     tracks: list[Track]
     unknown: list[str] = Field(default_factory=list, description="ids not in the catalogue")
+
+
+class Friends(BaseModel):
+    user_id: str
+    following: list[str] = Field(description="listeners they follow (follow_user / unfollow_user events)")
+    followers: list[str]
+
+
+class Privacy(BaseModel):
+    """What the listener's followers may see: their listening (as candidates for their slates),
+    their activity (likes, achievements: the feed), their place on boards (everyone sees the public
+    boards; 'followers': only on their followers' friends board; 'nobody': hidden everywhere)."""
+
+    listening: Literal["followers", "nobody"] = "followers"
+    activity: Literal["followers", "nobody"] = "followers"
+    board: Literal["everyone", "followers", "nobody"] = "everyone"
+
+
+class PrivacyChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    listening: Literal["followers", "nobody"] | None = None
+    activity: Literal["followers", "nobody"] | None = None
+    board: Literal["everyone", "followers", "nobody"] | None = None
+
+
+class FeedItem(BaseModel):
+    user_id: str
+    kind: str = Field(description="like | achievement")
+    at_ms: int
+    track_id: str | None = None
+    achievement: str | None = None
+
+
+class Feed(BaseModel):
+    user_id: str
+    items: list[FeedItem]
 
 
 class TokenRequest(BaseModel):
@@ -208,6 +250,17 @@ ROUTES = (
     Route("delete", "/v1/users/{user}", "Forget the listener: every worker drops their events and erases them "
           "from Redis, ClickHouse, model state and snapshots within seconds", {202: Erasure, **DENIED, 503: ErrorBody},
           params=(USER,), secured=True),
+    Route("get", "/v1/users/{user}/friends", "Who the listener follows and who follows them",
+          {200: Friends, **DENIED, 503: ErrorBody}, params=(USER,), secured=True),
+    Route("get", "/v1/users/{user}/privacy", "What the listener's followers may see",
+          {200: Privacy, **DENIED, 503: ErrorBody}, params=(USER,), secured=True),
+    Route("put", "/v1/users/{user}/privacy", "Change what the listener's followers may see",
+          {200: Privacy, 400: ErrorBody, **DENIED, 503: ErrorBody}, params=(USER,),
+          body={"$ref": "#/components/schemas/PrivacyChoice"}, secured=True),
+    Route("get", "/v1/users/{user}/feed", "Likes and achievements of the listeners they follow (who share them)",
+          {200: Feed, **DENIED, 503: ErrorBody}, params=(USER,), secured=True),
+    Route("get", "/v1/users/{user}/friends/board", "The listener and those they follow, by karma (who share it)",
+          {200: Board, **DENIED, 503: ErrorBody}, params=(USER,), secured=True),
     Route("get", "/v1/leaderboards/{board}", "A leaderboard: global, weekly:<n>, genre:<g>, cohort:<c>",
           {200: Board, 400: ErrorBody, 503: ErrorBody},
           params=({"name": "board", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}},
@@ -238,7 +291,7 @@ def openapi() -> dict[str, Any]:
         components.setdefault(model.__name__, schema)
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    for model in (Interaction, EventBatch, TokenRequest, AvatarChoice):
+    for model in (Interaction, EventBatch, TokenRequest, AvatarChoice, PrivacyChoice):
         ref(model)
     paths: dict[str, Any] = {}
     for r in ROUTES:
@@ -413,6 +466,66 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
 
     app.page("/v1/users/{user}")(Listener)
 
+    def social_ready(web: faust.web.View) -> faust.web.Response | None:
+        if listeners is None or gamification is None:
+            return _error(web, 503, "friends need gamification (ENCORE_GAMIFICATION_ENABLED) on this worker")
+        return None
+
+    @app.page("/v1/users/{user}/friends")
+    async def friends(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        if (refused := denied(web, request, user) or social_ready(web)) is not None:
+            return refused
+        following = (await asyncio.to_thread(listeners.following, [user]))[user]  # type: ignore[union-attr]
+        followers = await asyncio.to_thread(listeners.followers, user)  # type: ignore[union-attr]
+        return _json(web, Friends(user_id=user, following=following, followers=followers), 200)
+
+    class PrivacyView(faust.web.View):
+        async def get(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user) or social_ready(self)) is not None:
+                return refused
+            got = (await asyncio.to_thread(listeners.privacy, [user]))[user]  # type: ignore[union-attr]
+            return _json(self, Privacy.model_validate(got), 200)
+
+        async def put(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user) or social_ready(self)) is not None:
+                return refused
+            got = await body_of(self, request, PrivacyChoice)
+            if not isinstance(got, PrivacyChoice):
+                return got
+            now = await asyncio.to_thread(listeners.set_privacy, user,  # type: ignore[union-attr]
+                                          got.model_dump(exclude_none=True))
+            hidden.clear()
+            return _json(self, Privacy.model_validate(now), 200)
+
+    app.page("/v1/users/{user}/privacy")(PrivacyView)
+
+    @app.page("/v1/users/{user}/feed")
+    async def feed(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        if (refused := denied(web, request, user) or social_ready(web)) is not None:
+            return refused
+        items = await asyncio.to_thread(listeners.feed, user)  # type: ignore[union-attr]
+        return _json(web, Feed(user_id=user, items=[FeedItem.model_validate(i) for i in items]), 200)
+
+    @app.page("/v1/users/{user}/friends/board")
+    async def friends_board(web: faust.web.View, request: faust.web.Request, user: str) -> faust.web.Response:
+        if (refused := denied(web, request, user) or social_ready(web)) is not None:
+            return refused
+        people = [user, *await asyncio.to_thread(listeners.shared, user, "board")]  # type: ignore[union-attr]
+        scores = await asyncio.to_thread(gamification.scores, people)  # type: ignore[union-attr]
+        worn = await asyncio.to_thread(listeners.avatars, people)  # type: ignore[union-attr]
+        ranked = sorted(((sc, u) for u, sc in scores.items() if sc is not None), key=lambda x: (-x[0], x[1]))
+        return _json(web, Board(board=f"friends:{user}", entries=[
+            BoardEntry(rank=i, user_id=u, score=sc, avatar=worn.get(u)) for i, (sc, u) in enumerate(ranked, 1)]), 200)
+
+    hidden: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=30.0)  # listener -> off the public boards
+
+    async def public_names(users: list[str]) -> dict[str, bool]:
+        missing = [u for u in users if u not in hidden]
+        if missing and listeners is not None:
+            got = await asyncio.to_thread(listeners.privacy, missing)
+            hidden.update({u: p["board"] != "everyone" for u, p in got.items()})
+        return {u: hidden.get(u, False) for u in users}
+
     @app.page("/v1/leaderboards/{board}")
     async def leaderboard(web: faust.web.View, request: faust.web.Request, board: str) -> faust.web.Response:
         if gamification is None:
@@ -430,7 +543,9 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
             top = await asyncio.to_thread(gamification.top, board, n)
             rows = [(i, u, sc) for i, (u, sc) in enumerate(top, 1)]
         worn = await asyncio.to_thread(listeners.avatars, [u for _, u, _ in rows]) if listeners is not None else {}
-        entries = [BoardEntry(rank=r, user_id=u, score=sc, avatar=worn.get(u)) for r, u, sc in rows]
+        private = await public_names([u for _, u, _ in rows])
+        entries = [BoardEntry(rank=r, user_id="(private)" if private[u] else u, score=sc,
+                              avatar=None if private[u] else worn.get(u)) for r, u, sc in rows]
         return _json(web, Board(board=board, entries=entries), 200)
 
     @app.page("/v1/users/{user}/model")

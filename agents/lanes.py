@@ -27,6 +27,7 @@ from typing import Any
 
 from agents.recommend import Learned, Recommender
 from experiments.config import DEFAULT_LANE, Control, Lane
+from online_models.candidates import FriendTracks
 from online_models.embeddings import TrackEmbeddings
 from schemas.events import Interaction, Kind, Recommendation
 
@@ -91,10 +92,11 @@ class Lanes:
 
     # --- the step -----------------------------------------------------------------------------
     def process(self, events: list[Interaction], now: datetime, partitions: list[int] | None = None,
-                known: Mapping[uuid.UUID, Recommendation] | None = None) -> list[Recommendation]:
+                known: Mapping[uuid.UUID, Recommendation] | None = None,
+                social: Mapping[str, FriendTracks] | None = None) -> list[Recommendation]:
         """Each lane processes its listeners' events, in order; slates come back in request order."""
         if not self.control.active:  # the common case: everyone in the default lane
-            return self.default.process(events, now, partitions, known)
+            return self.default.process(events, now, partitions, known, social)
         groups: dict[str, list[int]] = {}
         for i, e in enumerate(events):
             groups.setdefault(self.lane_of(e.user_id).key, []).append(i)
@@ -102,7 +104,8 @@ class Lanes:
         for idx in groups.values():
             rec = self.recommender(self.lane_of(events[idx[0]].user_id))
             sub = [events[i] for i in idx]
-            got = rec.process(sub, now, [partitions[i] for i in idx] if partitions is not None else None, known)
+            got = rec.process(sub, now, [partitions[i] for i in idx] if partitions is not None else None, known,
+                              social)
             requests = [i for i in idx if events[i].kind == Kind.REC_REQUEST]
             slates.update(zip(requests, got, strict=True))
         return [slates[i] for i in sorted(slates)]

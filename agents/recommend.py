@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from online_models.candidates import FriendTracks
 from online_models.catalogue import Catalogue
 from online_models.context import ListeningContext
 from online_models.policy import Decided, HybridPolicy, RandomPolicy
@@ -85,15 +86,20 @@ class Recommender:
 
     # --- the step --------------------------------------------------------------------------
     def process(self, events: list[Interaction], now: datetime, partitions: list[int] | None = None,
-                known: Mapping[uuid.UUID, Recommendation] | None = None) -> list[Recommendation]:
+                known: Mapping[uuid.UUID, Recommendation] | None = None,
+                social: Mapping[str, FriendTracks] | None = None) -> list[Recommendation]:
         """Answer requests and learn from feedback, in order. Returns the slates to publish.
         ``partitions`` (per event, its events partition) tells whose state moves where.
         ``known`` (rec_id -> slate) holds the slates already published for these requests: a
-        request gets its published slate again, never another draw (first content wins). Every
+        request gets its published slate again, never another draw (first content wins). ``social``
+        (listener -> FriendTracks) holds what the requesters' friends finished lately. Every
         request gets a slate, a redelivered one included; feedback teaches the model once."""
         if partitions is not None:
             for event, p in zip(events, partitions, strict=True):
                 self.partition_of[event.user_id] = p
+        gen = getattr(self.policy, "gen", None)
+        if gen is not None:  # what the requesters' friends finished lately (a candidate source)
+            gen.social = social or {}
         slates = []
         for event in events:
             new = self.seen.add(event.event_id)

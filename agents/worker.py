@@ -32,6 +32,7 @@ from typing import Any
 import faust
 import numpy as np
 import redis
+from cachetools import TTLCache
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
@@ -58,6 +59,7 @@ from agents.recommend import Learned, Recommender
 from experiments.config import DEFAULT_LANE, Control, Experiment, Lane, load_experiments
 from experiments.control import ControlStore, describe
 from listener_app.web import register_listener_app
+from online_models.candidates import FriendTracks
 from online_models.catalogue import Catalogue
 from online_models.challenges import goals_from
 from online_models.embeddings import latest_version
@@ -104,6 +106,16 @@ class Erase:
 
     users: list[str]
     stores: set[str]
+
+
+def friend_tracks(pairs: list[tuple[str, str]], catalogue: Catalogue) -> FriendTracks | None:
+    """(friend, track id) pairs as catalogue rows with their friend; None when none is known."""
+    rows = [(catalogue.index[t], f) for f, t in pairs if t in catalogue.index]
+    if not rows:
+        return None
+    names = tuple(dict.fromkeys(f for _, f in rows))
+    at = {f: i for i, f in enumerate(names)}
+    return FriendTracks(np.array([r for r, _ in rows], dtype=np.int64), np.array([at[f] for _, f in rows]), names)
 
 
 def _age_s(iso: str) -> float:
@@ -223,10 +235,30 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         except Exception as exc:  # the consumer may be mid-rebalance; the take buffer bounds memory anyway
             log.debug("could not %s partitions: %s", "pause" if stalled else "resume", exc)
 
+    listeners = ListenerStore(redis_client, settings.redis_prefix)
+    state.social = settings.friends_enabled
     delivery = Delivery(serde, send, gamification=store, analytics=analytics, slate_cache=slate_cache,
-                        metrics=metrics, on_stall=on_stall)
+                        metrics=metrics, on_stall=on_stall, listeners=listeners if settings.friends_enabled else None)
 
     writer_queue: dict[str, asyncio.Queue[Any] | None] = {"q": None}  # the ingest agent's, once it runs
+    friends_seen: TTLCache[str, FriendTracks | None] = TTLCache(maxsize=200_000, ttl=settings.friends_cache_s)
+
+    async def friends_listening(events: list[Any]) -> dict[str, FriendTracks]:
+        """What the requesters' friends finished lately, from the listener store (cached a while).
+        The friends source is a nicety: with Redis away the slates are decided without it."""
+        users = {e.user_id for e in events if e.kind == Kind.REC_REQUEST}
+        missing = [u for u in users if u not in friends_seen]
+        if missing:
+            try:
+                got = await asyncio.to_thread(listeners.friends_listening, missing)
+            except redis.RedisError as exc:
+                metrics.step_failures.labels("friends").inc()
+                log.warning("friends' listening not read (%s); these slates go without it", exc,
+                            extra={"step": "friends"})
+                got = {}
+            for user, pairs in got.items():
+                friends_seen[user] = friend_tracks(pairs, catalogue)
+        return {u: t for u in users if (t := friends_seen.get(u)) is not None}
 
     @app.agent(events_topic, name="ingest")
     async def ingest_agent(stream: faust.StreamT) -> None:
@@ -244,7 +276,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                                      e.message.value) for e in batch]
                 decoded = decode(records, state, now)
                 known = await delivery.published(requests(decoded, state))  # answered before: same slate
-                out = process_batch(records, state, now, decoded, known)
+                social = await friends_listening(decoded.events) if settings.friends_enabled else None
+                out = process_batch(records, state, now, decoded, known, social)
                 if known:
                     metrics.slates_again.labels("replayed").inc(len(known))
                 # before any await: a snapshot (taken by a timer) never splits the model from its offsets
@@ -442,7 +475,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         # replays from here (open decisions and their feedback come back), never from nothing
         take_snapshot()
 
-    listeners = ListenerStore(redis_client, settings.redis_prefix)
     forgetting: dict[str, Any] = {"version": None}
 
     @app.timer(settings.forget_poll_s)

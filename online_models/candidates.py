@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,8 @@ from online_models.embeddings import Aligned
 from online_models.mood import SessionMood
 from online_models.popularity import ContextPopularity
 
-SOURCES = ("for-you", "again", "co-listen", "familiar", "content", "artist", "gems", "popularity", "explore")  # claim order
+SOURCES = ("for-you", "again", "friends", "co-listen", "familiar", "content", "artist", "gems", "popularity",
+           "explore")  # claim order
 DISCOVERY_SOURCES = frozenset({"artist", "gems", "explore"})  # generators that aim at discovery
 POSITIVE = {"play_end": 1.0, "like": 1.0, "replay": 0.5, "playlist_add": 1.0, "thumbs_up": 0.5}
 NEGATIVE = {"skip": 1.0, "thumbs_down": 1.0, "dislike": 1.0}
@@ -163,6 +164,16 @@ def _forget(shown: dict[int, float], others: tuple[dict[int, Any], ...], cap: in
             d.pop(key, None)
 
 
+@dataclass(frozen=True)
+class FriendTracks:
+    """What the listeners someone follows finished lately: track rows, and per row the friend
+    (index into ``names``), newest first."""
+
+    idx: np.ndarray
+    who: np.ndarray
+    names: tuple[str, ...]
+
+
 class CandidateGenerator:
     def __init__(self, catalogue: Catalogue, *, n_candidates: int = 200,
                  quotas: dict[str, float] | None = None, gem_quantile: float = 0.3,
@@ -175,9 +186,9 @@ class CandidateGenerator:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
         if not 0 < gem_quantile < 1:
             raise ValueError(f"gem_quantile must be in (0, 1), got {gem_quantile}")
-        self.quotas = dict(quotas or {"for-you": 0.3, "again": 0.1, "co-listen": 0.1, "familiar": 0.1,
-                                      "content": 0.1, "artist": 0.1, "gems": 0.05, "popularity": 0.1,
-                                      "explore": 0.05})
+        self.quotas = dict(quotas or {"for-you": 0.3, "again": 0.1, "friends": 0.05, "co-listen": 0.1,
+                                      "familiar": 0.1, "content": 0.1, "artist": 0.1, "gems": 0.05,
+                                      "popularity": 0.1, "explore": 0.05})
         bad = set(self.quotas) - set(SOURCES)
         if bad or any(v < 0 for v in self.quotas.values()):
             raise ValueError(f"quotas must be >= 0 over {SOURCES}, got {self.quotas}")
@@ -208,6 +219,9 @@ class CandidateGenerator:
         self.genre_prior = np.full(len(catalogue.genres), 0.5)
         self.co: dict[int, dict[int, float]] = defaultdict(dict)
         self.profiles: dict[str, ListenerProfile] = {}
+        #: per listener asking now: what the listeners they follow finished lately (set per batch
+        #: by the worker from the listener store; not part of the model, never snapshotted)
+        self.social: Mapping[str, FriendTracks] = {}
         self.served: Served | None = None  # track vectors learned from everyone (set_embeddings)
 
     def set_embeddings(self, emb: Aligned | None) -> None:
@@ -432,6 +446,20 @@ class CandidateGenerator:
             out[idx] = (pos + 0.5) / (shown + 1.0)
         return out
 
+    def friend_scores(self, user_id: str, content: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tracks the listeners ``user_id`` follows finished lately: more friends first, then the
+        sound that fits; the anchor is the friend (index into their FriendTracks.names)."""
+        n = len(self.catalogue)
+        scores, anchor = np.full(n, -np.inf), np.full(n, -1)
+        got = self.social.get(user_id)
+        if got is None or not len(got.idx):
+            return scores, anchor
+        counts = np.bincount(got.idx, minlength=n)
+        hit = counts > 0
+        scores[hit] = counts[hit] + 0.1 * content[hit]
+        anchor[got.idx[::-1]] = got.who[::-1]  # the newest friend who finished it
+        return scores, anchor
+
     def generate(self, user_id: str, ctx: ListeningContext, rng: np.random.Generator,
                  exclude: np.ndarray | None = None,
                  model: Callable[[Candidates], np.ndarray] | None = None) -> Candidates:
@@ -448,6 +476,7 @@ class CandidateGenerator:
         fam, fam_anchor = self.familiar_scores(prof)
         again = self.track_history(prof)
         gems = np.where(self.gem, content, -np.inf)
+        friends, friend_anchor = self.friend_scores(user_id, content)
         finite = {"popularity": pop, "co-listen": co, "content": content, "artist": art,
                   "again": np.where(np.isfinite(again), again, 0.0), "known": np.isfinite(again).astype(float)}
         every = np.arange(n)
@@ -457,7 +486,7 @@ class CandidateGenerator:
             "for-you": mine,
             "popularity": pop, "co-listen": np.where(co > 0, co, -np.inf), "content": content,
             "familiar": np.where(fam > 0.5, fam + 0.1 * content, -np.inf),
-            "again": np.where(again > 0.5, again, -np.inf),
+            "again": np.where(again > 0.5, again, -np.inf), "friends": friends,
             "artist": np.where(art > 0, art + 0.1 * content, -np.inf), "gems": gems,
             "explore": rng.random(n),
         }
@@ -482,7 +511,8 @@ class CandidateGenerator:
         idx = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
         source = np.concatenate(src) if src else np.empty(0, dtype=np.int64)
         anchor = np.full(len(idx), -1)
-        for name, rows in (("co-listen", co_anchor), ("artist", art_anchor), ("familiar", fam_anchor)):
+        for name, rows in (("co-listen", co_anchor), ("artist", art_anchor), ("familiar", fam_anchor),
+                           ("friends", friend_anchor)):
             hit = source == SOURCES.index(name)
             anchor[hit] = rows[idx[hit]]
         return Candidates(idx, source, anchor, {k: v[idx] for k, v in finite.items()})

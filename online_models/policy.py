@@ -42,6 +42,7 @@ from online_models.slate import (
     uniform_chooser,
 )
 
+FRIENDS = SOURCES.index("friends")  # rows from friends' listening fill SlateRules.friends_position
 _MOODY = frozenset({"for-you", "content"})  # sources whose pick a clear session mood explains
 _WHY_NAMES = np.array([*FEATURE_NAMES, "listener_layer"])  # contribution columns: the features, then the layer
 POLICIES = ("random", "popularity", "eps-greedy", "linucb", "lints", "session-dqn")
@@ -194,7 +195,7 @@ class HybridPolicy:
         spread = self.layer_bonus * layer[1][cands.idx] if layer is not None else None
         choose = self.ranker.chooser(X, rng, offset=offset, spread=spread, state=at_decision)
         order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
-                                    self.gen.discovery(user_id, cands.idx))
+                                    self.gen.discovery(user_id, cands.idx), cands.source == FRIENDS)
         state.slates += 1
         why = self.contributions(X[order], offset[order] if offset is not None else None)
         lean = mood.phrase(prof.mood.offset) if self.gen.use_mood and prof.mood is not None else None
@@ -202,7 +203,7 @@ class HybridPolicy:
         picks = tuple(
             SlatePick(int(cands.idx[i]), float(s), float(p), SOURCES[cands.source[i]],
                       f"{lean} than usual for {ctx.describe()}, going by this session" if lean and m and SOURCES[cands.source[i]] in _MOODY else
-                      self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx), c)
+                      self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx, user_id), c)
             for i, p, s, c, m in zip(order, props, scores, why, matches, strict=True)
         )
         payload = (X[order].astype(np.float32), replace(state), user_id, cands.idx[order])
@@ -222,8 +223,12 @@ class HybridPolicy:
         vals = parts[np.arange(len(parts))[:, None], best].round(4)
         return list(zip(_WHY_NAMES[best].tolist(), vals.tolist(), strict=True))
 
-    def explain(self, track: int, source: int, anchor: int, ctx: ListeningContext) -> str:
+    def explain(self, track: int, source: int, anchor: int, ctx: ListeningContext, user_id: str = "") -> str:
         name = SOURCES[source]
+        if name == "friends":
+            friends = self.gen.social.get(user_id)
+            who = friends.names[anchor] if friends is not None and 0 <= anchor < len(friends.names) else "a friend"
+            return f"{who}, whom you follow, finished it lately"
         if name == "co-listen" and anchor >= 0:
             return f"because you liked {self.catalogue.track_ids[anchor]}"
         if name == "artist" and anchor >= 0:

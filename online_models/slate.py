@@ -118,12 +118,15 @@ class SlateRules:
     - ``artist_cap``: at most this many tracks by one artist in a slate;
     - ``discovery_share``: this share of positions (spread evenly, never the first) is filled
       with a discovery for the listener (a track by an artist they have never been played, or
-      a hidden gem) when any candidate is one.
+      a hidden gem) when any candidate is one;
+    - ``friends_position``: this position (0-based; None: none) is filled with a track a listener
+      they follow finished lately, when any candidate is one (the ranker still picks which).
     Recently played tracks never reach the slate: the caller excludes them from the candidates.
     """
 
     artist_cap: int = 2
     discovery_share: float = 0.2
+    friends_position: int | None = 2
 
     def __post_init__(self) -> None:
         if self.artist_cap < 1:
@@ -140,12 +143,13 @@ class SlateRules:
 
 
 def fill(choose: Chooser, n: int, k: int, rules: SlateRules | None = None,
-         artists: np.ndarray | None = None, discovery: np.ndarray | None = None
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         artists: np.ndarray | None = None, discovery: np.ndarray | None = None,
+         friends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fill up to ``k`` positions from ``n`` rows: (rows, propensities, scores).
 
     At each position the allowed rows are the unplaced ones that keep the artist cap (relaxed
-    only when nothing else is left); at a discovery position, only discovery rows if any remain.
+    only when nothing else is left); at a discovery position, only discovery rows if any remain;
+    at the friends position, only rows from the friends source if any remain.
     """
     remaining = np.ones(n, dtype=bool)
     capped = np.zeros(n, dtype=bool)  # rows whose artist has reached the cap
@@ -160,6 +164,9 @@ def fill(choose: Chooser, n: int, k: int, rules: SlateRules | None = None,
             allowed = remaining.copy()
         if pos in disc_pos:
             ok = allowed & discovery
+            allowed = ok if ok.any() else allowed
+        elif friends is not None and rules is not None and pos == rules.friends_position:
+            ok = allowed & friends
             allowed = ok if ok.any() else allowed
         i, p, s = choose(allowed)
         remaining[i] = False

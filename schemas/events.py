@@ -42,10 +42,14 @@ class Kind(StrEnum):
     THUMBS_DOWN = "thumbs_down"
     RATING = "rating"
     REC_REQUEST = "rec_request"
+    FOLLOW_USER = "follow_user"
+    UNFOLLOW_USER = "unfollow_user"
 
 
 #: kinds that are about one track and so must carry ``track_id``
-TRACK_KINDS = frozenset(Kind) - {Kind.REC_REQUEST, Kind.FOLLOW_ARTIST}
+TRACK_KINDS = frozenset(Kind) - {Kind.REC_REQUEST, Kind.FOLLOW_ARTIST, Kind.FOLLOW_USER, Kind.UNFOLLOW_USER}
+#: kinds about another listener (a friend edge), which must carry ``friend_id``
+FRIEND_KINDS = frozenset({Kind.FOLLOW_USER, Kind.UNFOLLOW_USER})
 
 
 class Device(StrEnum):
@@ -156,6 +160,9 @@ def _kind_rules_schema(schema: dict[str, Any]) -> None:
          "then": {"properties": {"track_id": track}, "required": ["track_id"]}},
         {"if": {"properties": {"kind": {"const": "rating"}}, "required": ["kind"]},
          "then": {"properties": {"rating": {"type": "number", "minimum": 0, "maximum": 5}}, "required": ["rating"]}},
+        {"if": {"properties": {"kind": {"enum": sorted(str(k) for k in FRIEND_KINDS)}}, "required": ["kind"]},
+         "then": {"properties": {"friend_id": {"type": "string", "minLength": 1, "maxLength": 128}},
+                  "required": ["friend_id"]}},
         {"if": {"properties": {"kind": {"const": "follow_artist"}}, "required": ["kind"]},
          "then": {"anyOf": [{"properties": {"artist_id": {"type": "string"}}, "required": ["artist_id"]},
                             {"properties": {"track_id": track}, "required": ["track_id"]}]}},
@@ -181,10 +188,12 @@ class Interaction(_Input):
     track_duration_ms: _whole_in(0, 2**31 - 1) | None = None
     rating: _float_in(0, 5) | None = None
     playlist_id: str | None = Field(None, max_length=128)
+    friend_id: str | None = Field(None, min_length=1, max_length=128,
+                                  description="follow_user / unfollow_user: the listener followed or unfollowed")
     slate_size: _whole_in(1, 100) | None = Field(None, description="rec_request only")
     context: Context = Field(default_factory=Context)
 
-    _valid_text = field_validator("user_id", "session_id", "track_id", "artist_id", "playlist_id")(_text)
+    _valid_text = field_validator("user_id", "session_id", "track_id", "artist_id", "playlist_id", "friend_id")(_text)
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -217,6 +226,8 @@ class Interaction(_Input):
             raise ValueError(f"kind '{self.kind}' needs track_id")
         if self.kind == Kind.FOLLOW_ARTIST and self.artist_id is None and self.track_id is None:
             raise ValueError("kind 'follow_artist' needs artist_id or track_id")
+        if self.kind in FRIEND_KINDS and (self.friend_id is None or self.friend_id == self.user_id):
+            raise ValueError(f"kind '{self.kind}' needs friend_id, another listener's id")
         if self.kind == Kind.RATING and self.rating is None:
             raise ValueError("kind 'rating' needs rating (0..5)")
         return self

@@ -43,7 +43,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 COLUMNS: dict[str, tuple[str, ...]] = {
     "events": ("event_id", "user_id", "session_id", "occurred_at", "kind", "track_id", "artist_id", "genre",
                "rec_id", "position", "listened_ms", "track_duration_ms", "device", "activity", "local_hour",
-               "weekday", "cohort", "ingested_at", "timezone", "playlist_id", "rating"),
+               "weekday", "cohort", "ingested_at", "timezone", "playlist_id", "rating", "friend_id"),
     "recommendations": ("rec_id", "request_id", "user_id", "created_at", "policy_id", "policy_version",
                         "experiment_arm", "position", "track_id", "score", "propensity", "slate_propensity",
                         "source", "device", "activity", "local_hour", "explanation", "why_features", "why_values"),
@@ -184,6 +184,13 @@ class ClickHouseStore:
                     self.client.command(f"ALTER TABLE {table} DELETE WHERE user_id = {{u:String}}",
                                         parameters={"u": user}, settings={"mutations_sync": 2})
             held[table] = n
+        with self._lock:  # the edges other listeners drew to them (follow_user / unfollow_user events)
+            n = int(self.client.query("SELECT count() FROM events WHERE friend_id = {u:String}",
+                                      parameters={"u": user}).result_rows[0][0])
+            if n:
+                self.client.command("ALTER TABLE events DELETE WHERE friend_id = {u:String}",
+                                    parameters={"u": user}, settings={"mutations_sync": 2})
+        held["events (edges to them)"] = n
         return held
 
     def count(self, table: str) -> int:
@@ -319,7 +326,7 @@ def event_rows(events: Iterable[tuple[Interaction, str, str, datetime]], now: da
             genre, e.rec_id, e.position, e.listened_ms, e.track_duration_ms, str(ctx.device),
             str(ctx.activity), ctx.local_hour if ctx.local_hour is not None else local.hour,
             ctx.weekday if ctx.weekday is not None else local.weekday(), ctx.cohort or "", now,
-            ctx.timezone, e.playlist_id or "", e.rating,
+            ctx.timezone, e.playlist_id or "", e.rating, e.friend_id or "",
         ])
     return rows
 

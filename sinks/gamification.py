@@ -816,6 +816,11 @@ class GamificationStore:
         rows = self.redis.zrevrange(board_key(board, self.prefix), 0, n - 1, withscores=True)
         return [(m.decode(), s) for m, s in rows]
 
+    def scores(self, users: list[str], board: str = "global") -> dict[str, float | None]:
+        """Each listener's score on a board (None: not on it)."""
+        got = self.redis.zmscore(board_key(board, self.prefix), users) if users else []
+        return dict(zip(users, got, strict=True))
+
     def rank(self, user: str, board: str = "global") -> int | None:
         r = self.redis.zrevrank(board_key(board, self.prefix), user)
         return None if r is None else int(r) + 1

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
                                        "listener's events and reads")
     token_secret: SecretStr | None = Field(None, description="signs listener tokens (agents.auth); unset: "
                                            "derived from the first API key")
+    friends_enabled: bool = Field(True, description="friend edges, friends' listening as candidates, the feed "
+                                  "(one more Redis write per batch with completions, likes or follows)")
+    friends_cache_s: float = Field(30.0, ge=0, description="how long a listener's friends' recent listening is "
+                                   "reused for their slates before Redis is asked again")
     forget_poll_s: float = Field(2.0, gt=0, description="how often a worker looks for new erasure requests")
     token_ttl_s: float = Field(7 * 86_400.0, gt=0, description="how long a listener token is valid")
     log_json: bool = Field(True, description="structured JSON logs from the worker")

@@ -23,7 +23,7 @@ T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # a Monday
 def store(tmp_path_factory: pytest.TempPathFactory) -> ClickHouseStore:
     s = ClickHouseStore(f"chdb://{tmp_path_factory.mktemp('chdb')}")
     assert s.migrate() == ["V001__core_tables", "V002__aggregates", "V003__karma_event_time", "V004__events_replayable",
-                          "V005__experiment_exposures", "V006__recommendation_why"]
+                          "V005__experiment_exposures", "V006__recommendation_why", "V007__events_friend"]
     assert s.migrate() == []  # versioned: applied once
     return s
 

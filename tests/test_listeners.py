@@ -21,6 +21,7 @@ import redis
 
 from agents.auth import Denied, issue, listener_of
 from deploy.local.stack import Stack, _stop, settings_env
+from sinks.listeners import ListenerStore
 from tests.conftest import API_KEY, start_worker
 
 pytestmark = [pytest.mark.integration]
@@ -149,6 +150,11 @@ def test_forget_me_erases_a_listener_from_every_store_and_leaves_the_others(stac
     tokens = {u: token_for(url, u) for u in (gone, kept, also)}
     for u in (gone, kept, also):
         assert call(url + "/v1/events", "POST", events(u, 4), token=tokens[u])[0] == 202
+    assert call(url + "/v1/events", "POST", [social(gone, "follow_user", kept)], token=tokens[gone])[0] == 202
+    assert call(url + "/v1/events", "POST", [social(kept, "follow_user", gone), social(kept, "follow_user", also)],
+                token=tokens[kept])[0] == 202
+    wait("the friend edges", lambda: call(url + f"/v1/users/{kept}/friends", token=tokens[kept])[1]
+         == {"user_id": kept, "following": sorted([gone, also]), "followers": [gone]})
     for u in (gone, kept, also):
         wait(f"{u}'s slate, karma and model state",
              lambda u=u: all(call(url + p, token=tokens[u])[0] == 200
@@ -181,6 +187,8 @@ def test_forget_me_erases_a_listener_from_every_store_and_leaves_the_others(stac
     assert call(url + f"/v1/users/{kept}/profile", key=API_KEY)[0] == 200
     assert call(url + f"/v1/recommendations/{kept}", key=API_KEY)[0] == 200
     assert call(url + f"/v1/users/{kept}/model", key=API_KEY)[0] == 200
+    assert call(url + f"/v1/users/{kept}/friends", key=API_KEY)[1] == {"user_id": kept, "following": [],
+                                                                       "followers": []}  # edges to them gone too
     pid = own.pid_of("worker-forget")
     assert pid is not None
     _stop(pid)
@@ -193,3 +201,57 @@ def test_forget_me_erases_a_listener_from_every_store_and_leaves_the_others(stac
         raw = path.read_bytes()
         assert gone.encode() not in raw and also.encode() not in raw and kept.encode() in raw, path  # nothing of theirs, the others kept
         pickle.loads(raw)  # still a readable snapshot
+
+
+def social(user: str, kind: str, friend: str) -> dict:
+    return {"event_id": str(uuid.uuid4()), "user_id": user, "session_id": "s-f", "kind": kind, "friend_id": friend,
+            "occurred_at": datetime.now(UTC).isoformat()}
+
+
+def test_friends_listening_feeds_slates_and_privacy_is_honoured_everywhere(worker, settings) -> None:  # type: ignore[no-untyped-def]
+    _, url = worker
+    ann, bob = f"ann-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    t_ann, t_bob = token_for(url, ann), token_for(url, bob)
+    assert call(url + "/v1/events", "POST", [social(ann, "follow_user", bob)], token=t_ann)[0] == 202
+    assert call(url + "/v1/events", "POST", [social(ann, "follow_user", ann)], token=t_ann)[0] == 422  # not oneself
+    finished = events(bob, 5)  # bob finishes and likes five tracks
+    assert call(url + "/v1/events", "POST", finished, token=t_bob)[0] == 202
+    bobs = {e["track_id"] for e in finished if e["kind"] == "play_end"}
+    wait("the edge", lambda: call(url + f"/v1/users/{ann}/friends", token=t_ann)[1].get("following") == [bob])
+    assert call(url + f"/v1/users/{bob}/friends", token=t_bob)[1]["followers"] == [ann]
+    assert call(url + f"/v1/users/{ann}/feed", token=t_bob)[0] == 403
+
+    feed = wait("bob's likes in ann's feed", lambda: [i for i in call(url + f"/v1/users/{ann}/feed", token=t_ann)[1]
+                                                        ["items"] if i["user_id"] == bob and i["kind"] == "like"])
+    assert {i["track_id"] for i in feed} == bobs
+    board = call(url + f"/v1/users/{ann}/friends/board", token=t_ann)[1]
+    assert {e["user_id"] for e in board["entries"]} == {bob}  # ann has no karma yet: bob only
+
+    # ann asks for a slate: what bob finished comes as candidates, explained by him
+    ask = events(ann, 0)
+    assert call(url + "/v1/events", "POST", ask, token=t_ann)[0] == 202
+    slate = wait("ann's slate", lambda: (got := call(url + f"/v1/recommendations/{ann}", token=t_ann))[0] == 200
+                 and got[1]["request_id"] == ask[-1]["event_id"] and got[1])
+    from_bob = [i for i in slate["items"] if i["source"] == "friends"]
+    assert from_bob and {i["track_id"] for i in from_bob} <= bobs, slate["items"]
+    assert all(i["explanation"] == f"{bob}, whom you follow, finished it lately" for i in from_bob)
+
+    # bob keeps it all to himself: feed, friends board, public boards and candidates honour it
+    status, now = call(url + f"/v1/users/{bob}/privacy", "PUT", {"listening": "nobody", "activity": "nobody",
+                                                                   "board": "nobody"}, token=t_bob)
+    assert status == 200 and now == {"listening": "nobody", "activity": "nobody", "board": "nobody"}
+    assert call(url + f"/v1/users/{bob}/privacy", "PUT", {"board": "friends-of-friends"}, token=t_bob)[0] == 400
+    assert call(url + f"/v1/users/{ann}/feed", token=t_ann)[1]["items"] == []
+    assert call(url + f"/v1/users/{ann}/friends/board", token=t_ann)[1]["entries"] == []
+    store = ListenerStore(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+    assert store.friends_listening([ann]) == {ann: []}
+    rank = call(url + f"/v1/users/{bob}/profile", token=t_bob)[1]["rank"]
+
+    def bob_on_the_board() -> str:
+        entries = call(url + f"/v1/leaderboards/global?around={bob}&n=2")[1]["entries"]
+        return next(e["user_id"] for e in entries if e["rank"] == rank)
+
+    wait("bob hidden on the public board", lambda: bob_on_the_board() == "(private)", timeout=40)  # a 30 s cache
+
+    assert call(url + "/v1/events", "POST", [social(ann, "unfollow_user", bob)], token=t_ann)[0] == 202
+    wait("the unfollow", lambda: call(url + f"/v1/users/{ann}/friends", token=t_ann)[1].get("following") == [])

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from schemas import avro
 from schemas.events import (
+    FRIEND_KINDS,
     TRACK_KINDS,
     Context,
     DeadLetter,
@@ -42,13 +43,15 @@ contexts = st.builds(Context, local_hour=st.none() | st.integers(0, 23), weekday
 def interactions(draw: st.DrawFn) -> Interaction:
     kind = draw(st.sampled_from(list(Kind)))
     needs_track = kind in TRACK_KINDS or kind == Kind.FOLLOW_ARTIST
+    user = draw(text)
     return Interaction(
-        event_id=draw(st.uuids()), user_id=draw(text), session_id=draw(text), occurred_at=draw(times),
+        event_id=draw(st.uuids()), user_id=user, session_id=draw(text), occurred_at=draw(times),
         kind=kind, track_id=draw(text) if needs_track else draw(st.none() | text),
         rec_id=draw(st.none() | st.uuids()), position=draw(st.none() | st.integers(0, 50)),
         listened_ms=draw(st.none() | st.integers(0, 10**7)),
         rating=draw(st.floats(0, 5)) if kind == Kind.RATING else None,
         slate_size=draw(st.none() | st.integers(1, 100)), context=draw(contexts),
+        friend_id=draw(text.filter(lambda t: t != user)) if kind in FRIEND_KINDS else draw(st.none() | text),
     )
 
 
