@@ -37,6 +37,7 @@ import numpy as np
 
 from agents.recommend import listening_context
 from online_models import embeddings
+from online_models.candidates import FriendTracks
 from online_models.policy import POLICIES, HybridPolicy, make_policy
 from online_models.reward import Decision, Feedback, RewardJoin
 from online_models.rl import SessionDQN
@@ -57,6 +58,17 @@ class Curve:
     impressions: list[int] = field(default_factory=list)
     seconds: float = 0.0
     shifted: list[str] = field(default_factory=list)  # listeners whose taste changed mid-run
+    sessions: int = 0
+    plays: int = 0
+    completions: int = 0
+    discoveries: int = 0  # completions of an artist the listener had never finished before
+    friend_picks: int = 0  # slate items from the friends source
+
+    def engagement(self) -> dict[str, float]:
+        """Completion rate, discovery share of completions, plays per session."""
+        return {"completion_rate": self.completions / max(self.plays, 1),
+                "discovery_share": self.discoveries / max(self.completions, 1),
+                "session_length": self.plays / max(self.sessions, 1)}
 
     def rate_between(self, start: int, end: int) -> tuple[float, float]:
         """(policy, oracle) reward per impression between two event counts."""
@@ -88,11 +100,13 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
         rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
         factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 8, mood_sd: float = 0.0,
         embeddings_every: int = 0, on_slate: Callable[[Any, Any], None] | None = None,
-        shift_at: int = 0, shift_share: float = 0.5) -> Curve:
+        shift_at: int = 0, shift_share: float = 0.5, friends: dict[str, list[str]] | None = None) -> Curve:
     """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
     (the ceiling bench's informed learners, which are handed part of the world's truth).
     ``embeddings_every`` > 0: every that many events the embedding job refits on the completions
-    so far and the policy serves the new version (what the worker does with each publication)."""
+    so far and the policy serves the new version (what the worker does with each publication).
+    ``friends`` (listener -> whom they follow): before each slate the policy is told what they
+    finished lately (the worker reads the same from the listener store)."""
     catalogue = synthetic_catalogue(seed, n_tracks)
     world = World(catalogue, n_listeners=n_listeners, seed=seed + 1, run_id=f"bench-{policy_name}",
                   communities=communities, mood_sd=mood_sd)
@@ -113,20 +127,27 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
     next_report = 10_000
     plays: dict[tuple[str, str], list[int]] = {}  # (listener, track) -> [plays, finishes]: the embedding job's input
     next_refit = embeddings_every
+    finished: dict[str, deque[int]] = {}  # listener -> latest completions (what their followers see)
+    completed_artists: dict[str, set[int]] = {}
     while n_events < events:
         if shift_at and n_events >= shift_at and not curve.shifted:
             curve.shifted = world.shift_tastes(shift_share, seed)
         listener = world.listeners[int(rng.integers(len(world.listeners)))]
         clock += timedelta(seconds=int(rng.integers(1, 60)))
         session = world.start_session(listener, clock)
+        curve.sessions += 1
         while session.active and n_events < events:
             request = world.request(session, slate_size)
             n_events += 1
             ctx = listening_context(request)
             played = recent.setdefault(listener.user_id, deque(maxlen=RECENT))
             exclude = np.fromiter(played, dtype=np.int64) if played else None
+            if friends is not None and isinstance(policy, HybridPolicy):
+                pairs = [(f, t) for f in friends.get(listener.user_id, ()) for t in list(finished.get(f, ()))[::-1][:10]]
+                policy.gen.social = {listener.user_id: _friend_tracks(pairs)} if pairs else {}
             decided = policy.recommend(listener.user_id, session.session_id, ctx, slate_size,
                                        np.random.default_rng([seed, slates]), exclude)
+            curve.friend_picks += sum(p.source == "friends" for p in decided.slate.picks)
             slates += 1
             rec_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{policy_name}:{request.event_id}")
             tracks = [catalogue.track_ids[p.track_idx] for p in decided.slate.picks]
@@ -152,7 +173,14 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
             n_imp += len(reached)
             for e in out:
                 i = catalogue.index[e.track_id]
+                if e.kind == "play_end":
+                    curve.completions += 1
+                    done = completed_artists.setdefault(listener.user_id, set())
+                    curve.discoveries += int(artist_of[i]) not in done
+                    done.add(int(artist_of[i]))
+                    finished.setdefault(listener.user_id, deque(maxlen=30)).append(i)
                 if e.kind == "play_start":
+                    curve.plays += 1
                     played.append(i)
                     played_artists.setdefault(listener.user_id, set()).add(int(artist_of[i]))
                 policy.observe(listener.user_id, session.session_id, str(e.kind), i, ctx, e.rating)
@@ -181,6 +209,12 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
                 next_report += 10_000
     curve.seconds = time.perf_counter() - started
     return curve
+
+
+def _friend_tracks(pairs: list[tuple[str, int]]) -> FriendTracks:
+    names = tuple(dict.fromkeys(f for f, _ in pairs))
+    at = {f: i for i, f in enumerate(names)}
+    return FriendTracks(np.array([t for _, t in pairs], dtype=np.int64), np.array([at[f] for f, _ in pairs]), names)
 
 
 def oracle_slate(p: np.ndarray, artists: np.ndarray, discovery: np.ndarray, rules: SlateRules, k: int) -> np.ndarray:

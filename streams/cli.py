@@ -173,7 +173,7 @@ def _worker_counts(settings: Settings) -> dict[str, float]:
             name_labels, _, value = line.rpartition(" ")
             name = name_labels.split("{")[0]
             if name.endswith("_total") or name in ("encore_reward_accumulated", "encore_reward_count"):
-                key = name_labels if name == "encore_dead_letters_total" else name
+                key = name_labels if name in ("encore_dead_letters_total", "encore_slate_items_total") else name
                 out[key] = out.get(key, 0.0) + float(value)
     return out
 
@@ -195,8 +195,12 @@ def run_simulation(settings: Settings, args: argparse.Namespace):  # type: ignor
         console.print(f"{args.days} simulated days, listeners return with p = {returns.base} + "
                       f"{returns.per_satisfaction} x (completion share - 0.5) + {returns.gamification_lift} if they "
                       "earned karma")
+    friends = world.friend_graph(args.follows, seed=args.seed) if args.follows else None
+    if friends:
+        console.print(f"each listener follows {args.follows} others, mostly from their taste community")
     loop = ClosedLoop(settings, world, concurrency=args.concurrency, slate_size=settings.slate_size,
-                      bad_rate=args.bad_rate, seed=args.seed, rate=rate, returns=returns, days=args.days)
+                      bad_rate=args.bad_rate, seed=args.seed, rate=rate, returns=returns, days=args.days,
+                      friends=friends)
     before = _worker_counts(settings)
     try:
         with _progress() as bar:
@@ -293,6 +297,11 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
         t.add_row("learning", f"{n:,.0f} slate items joined to their feedback and learned from, mean reward "
                   f"{worker.get('encore_reward_accumulated', 0.0) / n:+.2f}; decisions with rewards in "
                   f"{settings.topic('encore.rewards')}")
+    items = {k: v for k, v in worker.items() if k.startswith("encore_slate_items_total")}
+    social = sum(v for k, v in items.items() if 'source="friends"' in k)
+    if items:
+        t.add_row("friends' listening", f"{social:,.0f} slate items ({social / max(sum(items.values()), 1):.1%}) came "
+                  "from what the listeners someone follows finished lately")
     dlq = {k.split('"')[1]: v for k, v in worker.items() if k.startswith("encore_dead_letters_total")}
     injected = sum(stats.bad_injected.values())
     t.add_row("dead letters", f"{sum(dlq.values()):,.0f} in {settings.topic('encore.events.dlq')} "
@@ -312,6 +321,7 @@ def print_summary(settings: Settings, world, stats, worker: dict[str, float]) ->
         "[bold]Where to look next[/bold]\n"
         f"  dashboard:    http://{settings.web_host}:{settings.web_port}/dashboard/ "
         f"(listener view: /dashboard/listener?user=...) — the worker keeps serving it until `make down`\n"
+        f"  listener app: .venv/bin/encore token {world.listeners[0].user_id} prints the link to their app\n"
         f"  slates:       .venv/bin/encore tail encore.recommendations --max 3\n"
         f"  dead letters: .venv/bin/encore tail encore.events.dlq --from-beginning --max 5\n"
         f"  metrics:      curl http://{settings.web_host}:{settings.web_port}/metrics\n"
@@ -479,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="events/s the listeners send at most (0: as fast as slates come back)")
         p.add_argument("--saturate", action="store_true", help="no pace: as many listeners as --concurrency, "
                        "as fast as the worker answers (capacity, with the latency that costs)")
+        p.add_argument("--follows", type=int, default=5 if name == "demo" else 0,
+                       help="each listener follows this many others, mostly from their taste community "
+                       "(follow_user events before their first request; their slates draw on friends' listening)")
         p.add_argument("--run-id", default="", help="event-id namespace; default: a fresh one per run")
         p.add_argument("--days", type=int, default=0, help="simulated days with returning listeners (experiments): "
                        "everyone listens on day 0, then comes back the next day with a probability set by what "

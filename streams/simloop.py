@@ -85,6 +85,7 @@ class ClosedLoop:
         rate: float = 0.0,
         returns: Returns | None = None,
         days: int = 0,
+        friends: dict[str, list[str]] | None = None,
     ) -> None:
         """``rate`` > 0 paces the listeners to at most that many events/s (an open-loop offered
         load the worker can be asked to sustain); 0 lets them go as fast as slates come back.
@@ -92,7 +93,11 @@ class ClosedLoop:
         With ``returns`` the loop runs ``days`` simulated days: every listener has a session on
         day 0; a listener with a session on day d comes back on day d + 1 with the probability
         ``returns`` gives for what they experienced (their completion share, and whether the
-        gamification topic told them they earned karma); one who does not is gone."""
+        gamification topic told them they earned karma); one who does not is gone.
+
+        ``friends`` (listener -> whom they follow, e.g. World.friend_graph): a listener's first
+        request is preceded by their follow_user events, so their slates can draw on what those
+        listeners finish."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.settings = settings
@@ -114,6 +119,8 @@ class ClosedLoop:
         self._sim_clock = SIM_START
         self.producer = EventProducer(settings)
         self.returns, self.days = returns, days
+        self.friends = friends or {}
+        self._followed: set[str] = set()
         self._day = 0
         self._today: deque[Listener] = deque(self._idle) if returns else deque()
         self._visited: dict[str, tuple[Listener, int, int]] = {}  # user -> (listener, completions, plays) today
@@ -226,6 +233,13 @@ class ClosedLoop:
         self._send(session, before)
 
     def _send(self, session: Session, before: list[Interaction]) -> None:
+        user = session.listener.user_id
+        if self.friends and user not in self._followed:
+            self._followed.add(user)
+            at = before[0].occurred_at if before else session.clock
+            before = [Interaction(event_id=uuid.uuid5(session.listener.id_space, f"follow:{user}:{f}"), user_id=user,
+                                  session_id=session.session_id, occurred_at=at, kind=Kind.FOLLOW_USER, friend_id=f)
+                      for f in self.friends.get(user, ())] + before
         request = self.world.request(session, self.slate_size)
         self.producer.send_many([*before, request])
         self._in_flight[session.listener.user_id] = _InFlight(session, request, time.monotonic())

@@ -253,6 +253,26 @@ class World:
         d = min(abs(hour - listener.peak_hour), 24 - abs(hour - listener.peak_hour))
         return bool(listener.rng.random() < 0.1 + 0.9 * np.exp(-(d**2) / 8.0))
 
+    def friend_graph(self, k: int, within: float = 0.8, seed: int = 0) -> dict[str, list[str]]:
+        """Whom each listener follows: ``k`` others, a ``within`` share of them from their own taste
+        community (people befriend people like them), the rest from anywhere."""
+        rng = np.random.default_rng(seed)
+        ids = [listener.user_id for listener in self.listeners]
+        by_community: dict[int, list[int]] = {}
+        for i, c in enumerate(self.community or [0] * len(ids)):
+            by_community.setdefault(c, []).append(i)
+        out: dict[str, list[str]] = {}
+        for i, user in enumerate(ids):
+            same = [j for j in by_community[(self.community or [0] * len(ids))[i]] if j != i]
+            n_same = min(len(same), int(round(k * within)))
+            chosen = set(rng.choice(same, n_same, replace=False).tolist()) if n_same else set()
+            while len(chosen) < min(k, len(ids) - 1):
+                j = int(rng.integers(len(ids)))
+                if j != i:
+                    chosen.add(j)
+            out[user] = sorted(ids[j] for j in chosen)
+        return out
+
     def start_session(self, listener: Listener, at: datetime) -> Session:
         rng = listener.rng
         local = at.astimezone(ZoneInfo(listener.zone))
