@@ -168,11 +168,11 @@ def process_batch(records: list[RawRecord], state: BatchState, now: datetime, de
 
 def social_of(events: list[Interaction], forgotten: set[str]) -> Social:
     """What the batch changes of the listeners' social state: follow / unfollow edges (never to
-    a forgotten listener), completions (their followers' candidates) and likes (their feed)."""
+    a forgotten listener or to oneself), completions (their followers' candidates) and likes (their feed)."""
     social = Social()
     for e in events:
         ms = int(e.occurred_at.timestamp() * 1000)
-        if e.kind in FRIEND_KINDS and e.friend_id is not None and e.friend_id not in forgotten:
+        if e.kind in FRIEND_KINDS and e.friend_id not in (None, e.user_id) and e.friend_id not in forgotten:
             social.edges.append((e.user_id, e.friend_id, ms, e.kind == Kind.FOLLOW_USER))
         elif e.kind == Kind.PLAY_END and e.track_id:
             social.completions.append((e.user_id, e.track_id, ms))

@@ -226,8 +226,8 @@ class Interaction(_Input):
             raise ValueError(f"kind '{self.kind}' needs track_id")
         if self.kind == Kind.FOLLOW_ARTIST and self.artist_id is None and self.track_id is None:
             raise ValueError("kind 'follow_artist' needs artist_id or track_id")
-        if self.kind in FRIEND_KINDS and (self.friend_id is None or self.friend_id == self.user_id):
-            raise ValueError(f"kind '{self.kind}' needs friend_id, another listener's id")
+        if self.kind in FRIEND_KINDS and self.friend_id is None:
+            raise ValueError(f"kind '{self.kind}' needs friend_id, the listener followed or unfollowed")
         if self.kind == Kind.RATING and self.rating is None:
             raise ValueError("kind 'rating' needs rating (0..5)")
         return self

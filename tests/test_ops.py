@@ -84,7 +84,10 @@ def test_schemathesis_finds_no_failure(worker, tmp_path) -> None:  # type: ignor
     _, url = worker
     out = subprocess.run(
         [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json", "-H", f"X-API-Key: {API_KEY}",
-         "--checks", "all", "-n", "40", "--generation-deterministic", "--report-dir", str(tmp_path)],
+         "--checks", "all", "-n", "40", "--generation-deterministic", "--report-dir", str(tmp_path),
+         # POST /v1/events takes a key or a listener token: generating both auth variants of its big
+         # body filters many examples out, which is a generation-speed warning, not an API failure
+         "--suppress-health-check=filter_too_much"],
         capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert out.returncode == 0, out.stdout[-4000:]
