@@ -5,6 +5,9 @@
     GET    /v1/recommendations/{user}  the listener's latest slate
     GET    /v1/users/{user}/profile    karma, tier, avatar items (and the one worn), streak, achievements, rank
     PUT    /v1/users/{user}/avatar     wear an avatar item the listener unlocked
+    POST   /v1/users/{user}/offline    an offline pack: a size-bounded slate the device keeps
+    GET|POST|DELETE /v1/users/{user}/journey  a content journey toward a genre or mood (the slates follow it)
+    GET|POST /v1/users/{user}/lists    their lists (Daily Mix, Discovery Weekly, Artists you may like, Hidden Gems); POST rebuilds
     DELETE /v1/users/{user}            forget the listener everywhere
     GET    /v1/users/{user}/friends    who they follow (follow_user / unfollow_user events) and who follows them
     GET|PUT /v1/users/{user}/privacy   what their followers may see (listening, activity, board)
@@ -32,8 +35,10 @@ import asyncio
 import hmac
 import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import faust
@@ -42,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.auth import Denied, issue, require, signing_secret
 from online_models.catalogue import Catalogue
-from schemas.events import EventBatch, Interaction, Recommendation
+from schemas.events import Context, EventBatch, Interaction, Kind, Network, Recommendation
 from schemas.wire import Serde, decode_events
 from sinks.gamification import GamificationStore
 from sinks.listeners import ListenerStore, NotUnlocked
@@ -50,6 +55,7 @@ from sinks.slate_cache import SlateCache
 from streams.settings import Settings
 
 log = logging.getLogger("encore.api")
+OFFLINE_WAIT_S = 15.0  # how long POST /v1/users/{user}/offline waits for the recommender's slate
 
 
 class Problem(BaseModel):
@@ -156,6 +162,75 @@ class Feed(BaseModel):
     items: list[FeedItem]
 
 
+class OfflineRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_mb: float = Field(200.0, gt=0, le=10_000, description="the pack's size bound (estimated audio size)")
+    tracks: int = Field(50, ge=1, le=100, description="tracks asked for (the size bound may keep fewer)")
+    timezone: str = Field("UTC", max_length=64, description="the device's IANA zone")
+
+
+class PackItem(BaseModel):
+    track_id: str
+    position: int = Field(description="report it with the pack's rec_id in the plays' events")
+    duration_ms: int
+    bytes: int = Field(description="estimated size at the worker's offline bitrate")
+    explanation: str
+
+
+class OfflinePack(BaseModel):
+    user_id: str
+    rec_id: str = Field(description="the slate the pack is: plays report it as rec_id, with the item's position")
+    request_id: str
+    created_at: str
+    valid_until: str = Field(description="plays reported with their original times until then count for learning")
+    max_bytes: int
+    total_bytes: int
+    items: list[PackItem]
+
+
+class ListItem(BaseModel):
+    id: str = Field(description="a track id (an artist id in artists_you_may_like)")
+    why: str
+    score: float
+
+
+class OneList(BaseModel):
+    name: str
+    title: str
+    items: list[ListItem]
+
+
+class Lists(BaseModel):
+    user_id: str
+    lists: dict[str, list[OneList]] = Field(description="daily_mix (one per taste cluster), discovery_weekly, "
+                                           "artists_you_may_like, hidden_gems")
+    built_at: dict[str, str] = Field(description="when each list was built (Discovery Weekly: weekly, others daily)")
+    worker_id: str | None = None
+
+
+class JourneyStep(BaseModel):
+    track_id: str
+    why: str
+
+
+class JourneyState(BaseModel):
+    target: str
+    position: int = Field(description="the step the listener is on (finishing its track moves on)")
+    done: bool
+    steps: list[JourneyStep]
+
+
+class Journeys(BaseModel):
+    user_id: str
+    journey: JourneyState | None = Field(description="the journey the slates follow (None: none)")
+    targets: list[str] = Field(description="where a journey can go: genre:<name> or mood:<name>")
+
+
+class JourneyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(min_length=1, max_length=64, description="genre:<name> or mood:<name> (see targets)")
+
+
 class TokenRequest(BaseModel):
     user_id: str = Field(min_length=1, max_length=128)
 
@@ -250,6 +325,22 @@ ROUTES = (
     Route("delete", "/v1/users/{user}", "Forget the listener: every worker drops their events and erases them "
           "from Redis, ClickHouse, model state and snapshots within seconds", {202: Erasure, **DENIED, 503: ErrorBody},
           params=(USER,), secured=True),
+    Route("post", "/v1/users/{user}/offline", "An offline pack: a size-bounded slate the device keeps; plays reported "
+          "later with their original times count for karma and learning once",
+          {201: OfflinePack, 400: ErrorBody, **DENIED, 503: ErrorBody, 504: ErrorBody}, params=(USER,),
+          body={"$ref": "#/components/schemas/OfflineRequest"}, secured=True),
+    Route("get", "/v1/users/{user}/lists", "The listener's lists: Daily Mixes, Discovery Weekly, Artists you may "
+          "like, Hidden Gems (rebuilt on a schedule)", {200: Lists, **DENIED, 404: ErrorBody, 503: ErrorBody},
+          params=(USER,), secured=True),
+    Route("post", "/v1/users/{user}/lists", "Rebuild the listener's lists now (on the worker that owns their partition)",
+          {200: Lists, **DENIED, 404: ErrorBody, 503: ErrorBody}, params=(USER,), secured=True),
+    Route("get", "/v1/users/{user}/journey", "The listener's content journey and where one can go",
+          {200: Journeys, **DENIED, 404: ErrorBody}, params=(USER,), secured=True),
+    Route("post", "/v1/users/{user}/journey", "Start a journey toward a genre or a mood: up to 5 steps from the "
+          "listener's taste; their slates follow it", {200: Journeys, 400: ErrorBody, **DENIED, 404: ErrorBody},
+          params=(USER,), body={"$ref": "#/components/schemas/JourneyRequest"}, secured=True),
+    Route("delete", "/v1/users/{user}/journey", "Stop the listener's journey", {200: Journeys, **DENIED, 404: ErrorBody},
+          params=(USER,), secured=True),
     Route("get", "/v1/users/{user}/friends", "Who the listener follows and who follows them",
           {200: Friends, **DENIED, 503: ErrorBody}, params=(USER,), secured=True),
     Route("get", "/v1/users/{user}/privacy", "What the listener's followers may see",
@@ -291,7 +382,7 @@ def openapi() -> dict[str, Any]:
         components.setdefault(model.__name__, schema)
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    for model in (Interaction, EventBatch, TokenRequest, AvatarChoice, PrivacyChoice):
+    for model in (Interaction, EventBatch, TokenRequest, AvatarChoice, PrivacyChoice, OfflineRequest, JourneyRequest):
         ref(model)
     paths: dict[str, Any] = {}
     for r in ROUTES:
@@ -331,7 +422,7 @@ def _error(web: faust.web.View, status: int, message: str, problems: list[Proble
 def register_api(app: faust.App, settings: Settings, *, events_topic: faust.TopicT, serde: Serde,
                  slates: SlateCache, gamification: GamificationStore | None, readiness: Any,
                  listener_model: Any = None, listeners: ListenerStore | None = None,
-                 catalogue: Catalogue | None = None) -> None:
+                 catalogue: Catalogue | None = None, build_lists: Any = None, journey_of: Any = None) -> None:
     keys = settings.api_key_set()
     secret = signing_secret(settings)
     limit = settings.max_record_bytes
@@ -348,7 +439,7 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
         return None
 
     async def body_of(web: faust.web.View, request: faust.web.Request, model: type[BaseModel]) -> BaseModel | faust.web.Response:
-        raw = await web.read_request_content(request)
+        raw = await web.read_request_content(request) or b"{}"  # no body: the defaults
         if len(raw) > 4096:
             return _error(web, 413, "body over 4 KB")
         try:
@@ -465,6 +556,105 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
                                               "Redis, ClickHouse, its model state and snapshots within seconds"), 202)
 
     app.page("/v1/users/{user}")(Listener)
+
+    class Offline(faust.web.View):
+        async def post(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            if catalogue is None:
+                return _error(self, 503, "this worker has no catalogue")
+            got = await body_of(self, request, OfflineRequest)
+            if not isinstance(got, OfflineRequest):
+                return got
+            now = datetime.now(UTC)
+            ask = Interaction(event_id=uuid.uuid4(), user_id=user, session_id=f"offline-{uuid.uuid4().hex[:12]}",
+                              occurred_at=now, kind=Kind.REC_REQUEST, slate_size=got.tracks,
+                              context=Context(network=Network.OFFLINE, timezone=got.timezone))
+            await (await events_topic.send(key=user.encode(), value=serde.encode(ask)))
+            deadline = time.monotonic() + OFFLINE_WAIT_S
+            slate = None
+            while time.monotonic() < deadline:
+                latest = await asyncio.to_thread(slates.get, user)
+                if latest is not None and latest.request_id == ask.event_id:
+                    slate = latest
+                    break
+                await asyncio.sleep(0.1)
+            if slate is None:
+                return _error(self, 504, f"no pack within {OFFLINE_WAIT_S:.0f} s (the workers are busy or away); "
+                                         "ask again")
+            budget, total, items = int(got.max_mb * 1e6), 0, []
+            for it in slate.items:  # in slate order while the size bound allows
+                i = catalogue.index.get(it.track_id)
+                duration = int(catalogue.duration_ms[i]) if i is not None else 0
+                size = duration * settings.offline_kbps // 8  # ms x kbit/s / 8 = bytes
+                if total + size > budget:
+                    break
+                total += size
+                items.append(PackItem(track_id=it.track_id, position=it.position, duration_ms=duration, bytes=size,
+                                      explanation=it.explanation))
+            until = slate.created_at + timedelta(seconds=settings.offline_window_s)
+            return _json(self, OfflinePack(user_id=user, rec_id=str(slate.rec_id), request_id=str(slate.request_id),
+                                           created_at=slate.created_at.isoformat(), valid_until=until.isoformat(),
+                                           max_bytes=budget, total_bytes=total, items=items), 201)
+
+    app.page("/v1/users/{user}/offline")(Offline)
+
+    class ListsView(faust.web.View):
+        async def get(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            if listeners is None:
+                return _error(self, 503, "this worker has no listener store")
+            got = await asyncio.to_thread(listeners.get_lists, user)
+            if got is None and build_lists is not None:
+                got = await build_lists(user)
+            if got is None:
+                return _error(self, 404, f"no lists for {user!r} yet: they come with the listener's first plays "
+                                         "(rebuilt every few seconds for active listeners)")
+            return _json(self, Lists.model_validate(got), 200)
+
+        async def post(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            got = await build_lists(user) if build_lists is not None else None
+            if got is None:
+                return _error(self, 404, f"this worker does not hold {user!r}: ask the worker that owns the listener's "
+                                         "events partition (see /readyz partitions)")
+            return _json(self, Lists.model_validate(got), 200)
+
+    app.page("/v1/users/{user}/lists")(ListsView)
+
+    class JourneyView(faust.web.View):
+        async def act(self, request: faust.web.Request, user: str, target: str | None = None,
+                      stop: bool = False) -> faust.web.Response:
+            try:
+                got = journey_of(user, target, stop) if journey_of is not None else None
+            except ValueError as exc:
+                return _error(self, 400, str(exc))
+            if got is None:
+                return _error(self, 404, f"this worker does not hold {user!r}: ask the worker that owns the listener's "
+                                         "events partition (see /readyz partitions)")
+            return _json(self, Journeys.model_validate(got), 200)
+
+        async def get(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            return await self.act(request, user)
+
+        async def post(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            got = await body_of(self, request, JourneyRequest)
+            if not isinstance(got, JourneyRequest):
+                return got
+            return await self.act(request, user, got.target)
+
+        async def delete(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            if (refused := denied(self, request, user)) is not None:
+                return refused
+            return await self.act(request, user, stop=True)
+
+    app.page("/v1/users/{user}/journey")(JourneyView)
 
     def social_ready(web: faust.web.View) -> faust.web.Response | None:
         if listeners is None or gamification is None:

@@ -110,6 +110,10 @@ class Lanes:
             slates.update(zip(requests, got, strict=True))
         return [slates[i] for i in sorted(slates)]
 
+    def holder(self, user_id: str) -> Recommender:
+        """The recommender (lane) that serves this listener."""
+        return self.lanes.get(self.lane_of(user_id).key, self.default)
+
     def rec_id_of(self, request: Interaction) -> uuid.UUID:
         return self.recommender(self.lane_of(request.user_id)).rec_id_of(request)
 

@@ -16,6 +16,8 @@ class Metrics:
         self.duplicates = Counter("encore_duplicate_events_total", "Events skipped as already seen", registry=registry)
         self.forgotten_dropped = Counter("encore_forgotten_events_dropped_total", "Events of listeners who asked to "
                                          "be forgotten, dropped unread", registry=registry)
+        self.lists_built = Counter("encore_lists_built_total", "Listeners whose lists the schedule rebuilt",
+                                   registry=registry)
         self.erased = Counter("encore_listeners_erased_total", "Listeners this worker erased from its stores",
                               registry=registry)
         self.batch = Histogram("encore_batch_records", "Records per processed batch", registry=registry,

@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,10 @@ from online_models.context import ListeningContext
 from online_models.policy import Decided, HybridPolicy, RandomPolicy
 from online_models.reward import Closed, Decision, Feedback, RecentIds, RewardJoin
 from schemas.events import (
+    ARTIST_KINDS,
     Interaction,
     Kind,
+    Network,
     Recommendation,
     RewardItem,
     RewardRecord,
@@ -63,7 +65,7 @@ class Learned:
 class Recommender:
     def __init__(self, catalogue: Catalogue, policy: Policy, *, slate_size: int, dedupe_window: int,
                  join: RewardJoin | None = None, seed: int = 0, lane: str = "",
-                 experiment_arm: str | None = None) -> None:
+                 experiment_arm: str | None = None, offline_window_s: float = 7 * 86_400.0) -> None:
         self.catalogue = catalogue
         self.policy = policy
         self.join = join or RewardJoin()
@@ -71,6 +73,8 @@ class Recommender:
         self.seed = seed
         self.lane = lane  # "" for the default; an experiment arm's lane scopes its rec_ids
         self.experiment_arm = experiment_arm  # "experiment/arm", stamped on its slates
+        #: an offline pack (a request with network=offline) waits this long for its plays
+        self.offline_window = timedelta(seconds=offline_window_s)
         self.seen = RecentIds(dedupe_window)
         self.recent: dict[str, deque[int]] = {}
         self.duplicates = 0
@@ -135,6 +139,12 @@ class Recommender:
 
     def observe(self, event: Interaction, now: datetime) -> None:
         idx = self.catalogue.index.get(event.track_id or "")
+        if event.kind in ARTIST_KINDS:  # follows / unfollows: a vote on the artist (Artists you may like)
+            gen = getattr(self.policy, "gen", None)
+            artist = gen.artist_index(event.artist_id, idx) if gen is not None else None
+            if artist is not None:
+                gen.vote_artist(event.user_id, artist, 1.0 if event.kind == Kind.FOLLOW_ARTIST else -1.0)
+            return
         if idx is None:
             if event.track_id is not None:
                 self.unknown_tracks += 1
@@ -171,8 +181,10 @@ class Recommender:
             created_at=now,
         )
         # event time of the request: the join's windows run on event time, not on this clock
-        self.join.decide(Decision(rec.rec_id, rec.user_id, request.occurred_at,
-                                  tuple(i.track_id for i in items), rec.policy_id, decided.payload), now)
+        offline = request.context.network == Network.OFFLINE  # a pack: its plays come back later
+        self.join.decide(Decision(rec.rec_id, rec.user_id, request.occurred_at, tuple(i.track_id for i in items),
+                                  rec.policy_id, decided.payload, window=self.offline_window if offline else None),
+                         now)
         if rec.rec_id in self.join.open:
             self.decisions.setdefault(rec.rec_id, rec)
         return rec

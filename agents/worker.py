@@ -64,7 +64,11 @@ from online_models.catalogue import Catalogue
 from online_models.challenges import goals_from
 from online_models.embeddings import latest_version
 from online_models.embeddings import load as load_embeddings
+from online_models.journeys import plan as plan_journey
+from online_models.journeys import targets as journey_targets
 from online_models.linear import LinearBandit
+from online_models.lists import REFRESH_S
+from online_models.lists import build as build_lists_of
 from online_models.policy import HybridPolicy, make_policy
 from online_models.reward import RewardJoin, RewardMapping
 from online_models.rl import SessionDQN
@@ -97,6 +101,7 @@ def load_catalogue(spec: str) -> Catalogue:
     return Catalogue.from_jsonl(path)
 
 
+LISTS_PER_TICK = 50  # listeners whose lists one tick of the schedule may rebuild
 ERASE_STORES_WITHIN_S = 3600.0  # a worker (re)starting erases the stores again for requests this recent
 
 
@@ -174,7 +179,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         join = RewardJoin(replace(mapping, **dict(lane.rewards)), window_s=settings.reward_window_s,
                           remember_closed=max(10_000, settings.dedupe_window // 5))
         return Recommender(catalogue, lane_policy, slate_size=settings.slate_size, dedupe_window=settings.dedupe_window,
-                           join=join, lane=lane.key,
+                           join=join, lane=lane.key, offline_window_s=settings.offline_window_s,
                            experiment_arm=f"{lane.experiment}/{lane.arm}" if lane.experiment else None)
 
     # a socket timeout: a Redis that stops answering is an outage (retried), never a hang
@@ -241,6 +246,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                         metrics=metrics, on_stall=on_stall, listeners=listeners if settings.friends_enabled else None)
 
     writer_queue: dict[str, asyncio.Queue[Any] | None] = {"q": None}  # the ingest agent's, once it runs
+    lists_due: set[str] = set()  # listeners active since their lists were last looked at
     friends_seen: TTLCache[str, FriendTracks | None] = TTLCache(maxsize=200_000, ttl=settings.friends_cache_s)
 
     async def friends_listening(events: list[Any]) -> dict[str, FriendTracks]:
@@ -277,6 +283,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 decoded = decode(records, state, now)
                 known = await delivery.published(requests(decoded, state))  # answered before: same slate
                 social = await friends_listening(decoded.events) if settings.friends_enabled else None
+                lists_due.update(e.user_id for e in decoded.events if e.kind == Kind.REC_REQUEST)
                 out = process_batch(records, state, now, decoded, known, social)
                 if known:
                     metrics.slates_again.labels("replayed").inc(len(known))
@@ -626,9 +633,61 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
         got = recommender.listener(user)
         return None if got is None else {**got, "worker_id": worker_id}
 
+    lists_built: TTLCache[str, bool] = TTLCache(maxsize=500_000, ttl=min(REFRESH_S.values()))
+
+    async def build_lists(user: str, force: bool = True) -> dict[str, Any] | None:
+        """The listener's lists from this worker's model, merged into what is stored: a list is
+        rebuilt when ``force`` or its period passed (Discovery Weekly: a week). None when this
+        worker does not hold the listener (another owns their partition). Computed on the event
+        loop (the model is not shared with threads), a few ms each; Redis in a thread."""
+        rec = recommender.holder(user)
+        gen = getattr(rec.policy, "gen", None)
+        if gen is None or user not in rec.partition_of:
+            return None
+        fresh = build_lists_of(gen, user)
+        stored = await asyncio.to_thread(listeners.get_lists, user) or {"user_id": user, "lists": {}, "built_at": {}}
+        now = datetime.now(UTC)
+        for name, got in fresh.items():
+            at = stored["built_at"].get(name)
+            if force or at is None or (now - datetime.fromisoformat(at)).total_seconds() >= REFRESH_S[name]:
+                stored["lists"][name], stored["built_at"][name] = got, now.isoformat()
+        stored["worker_id"] = worker_id
+        await asyncio.to_thread(listeners.put_lists, user, stored)
+        lists_built[user] = True
+        return stored
+
+    def journey_of(user: str, target: str | None = None, stop: bool = False) -> dict[str, Any] | None:
+        """The listener's journey on this worker: start one toward ``target`` (ValueError for an
+        unknown target), stop it, or read it. None when another worker holds the listener."""
+        rec = recommender.holder(user)
+        gen = getattr(rec.policy, "gen", None)
+        if gen is None or user not in rec.partition_of:
+            return None
+        prof = gen.profile(user)
+        if stop:
+            prof.__dict__.pop("journey", None)
+        elif target is not None:
+            recent = np.fromiter(rec.recent.get(user, ()), dtype=np.int64)
+            prof.__dict__["journey"] = plan_journey(gen, prof, target, recent=recent)
+        journey = prof.__dict__.get("journey")
+        return {"user_id": user, "journey": journey.to_json(catalogue.track_ids) if journey is not None else None,
+                "targets": journey_targets(gen)}
+
+    @app.timer(settings.lists_poll_s)
+    @guarded("lists", metrics)
+    async def refresh_lists() -> None:
+        """The schedule: listeners who asked for slates lately get their lists rebuilt once a
+        period (a few per tick)."""
+        for user in [u for u in list(lists_due) if u not in lists_built][:LISTS_PER_TICK]:
+            lists_due.discard(user)
+            if await build_lists(user, False) is not None:
+                metrics.lists_built.inc()
+        if len(lists_due) > 100_000:  # more active listeners than the schedule keeps up with: the oldest wait
+            lists_due.clear()
+
     register_api(app, settings, events_topic=events_topic, serde=serde, slates=slate_cache,
                  gamification=store, readiness=readiness, listener_model=listener_model, listeners=listeners,
-                 catalogue=catalogue)
+                 catalogue=catalogue, build_lists=build_lists, journey_of=journey_of)
     register_listener_app(app)
 
     @app.timer(settings.control_poll_s)

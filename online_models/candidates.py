@@ -67,6 +67,7 @@ class ListenerProfile:
     liked: deque[int] = field(default_factory=lambda: deque(maxlen=20))
     session_id: str = ""
     session_pos: deque[int] = field(default_factory=lambda: deque(maxlen=10))
+    artist_votes: dict[int, float] = field(default_factory=dict)  # follows (+1) and unfollows (-1)
     behaviour: Any = None  # online_models.behaviour.ListenerBehaviour, once they have feedback
     mood: SessionMood | None = None  # this session's lean from their usual sound (online_models.mood)
 
@@ -202,6 +203,7 @@ class CandidateGenerator:
         artists = sorted(set(catalogue.artist_ids))
         self.artists = tuple(artists)
         apos = {a: i for i, a in enumerate(artists)}
+        self._artist_pos = apos
         self.artist_of = np.array([apos[a] for a in catalogue.artist_ids])
         n_art = len(artists)
         # an artist's sound: mean track features plus its genre mix, unit length for cosine
@@ -345,6 +347,18 @@ class CandidateGenerator:
             self.co[other][track_idx] = self.co[other].get(track_idx, 0.0) + w
             self.co[track_idx][other] = self.co[track_idx].get(other, 0.0) + w
         prof.session_pos.append(track_idx)
+
+    def artist_index(self, artist_id: str | None, track_idx: int | None = None) -> int | None:
+        """The artist's row: by id, else the artist of a catalogue track; None when unknown."""
+        if artist_id is not None:
+            return self._artist_pos.get(artist_id)
+        return int(self.artist_of[track_idx]) if track_idx is not None else None
+
+    def vote_artist(self, user_id: str, artist: int, vote: float) -> None:
+        """A follow (+1) or unfollow (-1) of an artist; the latest wins (a follow after an
+        unfollow is a follow again)."""
+        votes = self.profile(user_id).__dict__.setdefault("artist_votes", {})  # (older snapshots lack it)
+        votes[artist] = vote
 
     def learn_residuals(self, user_id: str, tracks: np.ndarray, residuals: np.ndarray,
                         weights: np.ndarray | None = None, l2: float = 1.0) -> None:

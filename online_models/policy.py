@@ -196,6 +196,12 @@ class HybridPolicy:
         choose = self.ranker.chooser(X, rng, offset=offset, spread=spread, state=at_decision)
         order, props, scores = fill(choose, len(cands), k, self.rules, self.gen.artist_of[cands.idx],
                                     self.gen.discovery(user_id, cands.idx), cands.source == FRIENDS)
+        journey = prof.__dict__.get("journey")  # a journey the listener started leads the slate
+        step = journey.current() if journey is not None else None
+        lead = 0
+        if step is not None and (exclude is None or step[0] not in exclude):
+            keep = [j for j, i in enumerate(order) if cands.idx[i] != step[0]][:max(k - 1, 0)]
+            order, props, scores, lead = order[keep], props[keep], scores[keep], 1
         state.slates += 1
         why = self.contributions(X[order], offset[order] if offset is not None else None)
         lean = mood.phrase(prof.mood.offset) if self.gen.use_mood and prof.mood is not None else None
@@ -206,7 +212,9 @@ class HybridPolicy:
                       self.explain(int(cands.idx[i]), int(cands.source[i]), int(cands.anchor[i]), ctx, user_id), c)
             for i, p, s, c, m in zip(order, props, scores, why, matches, strict=True)
         )
-        payload = (X[order].astype(np.float32), replace(state), user_id, cands.idx[order])
+        if lead:  # the listener's choice, not the policy's: propensity 1, and it teaches the ranker nothing
+            picks = (SlatePick(int(step[0]), 0.0, 1.0, "journey", step[1], ([], [])), *picks)  # type: ignore[index]
+        payload = (X[order].astype(np.float32), replace(state), user_id, cands.idx[order], lead)
         return Decided(Slate(picks, float(np.prod(props)), self.policy_id, self.policy_version), payload)
 
     def contributions(self, X: np.ndarray, offset: np.ndarray | None, top: int = 3
@@ -250,6 +258,8 @@ class HybridPolicy:
     def observe(self, user_id: str, session_id: str, kind: str, track_idx: int, ctx: ListeningContext,
                 rating: float | None = None) -> None:
         self.gen.observe(user_id, session_id, kind, track_idx, ctx, rating)
+        if kind == "play_end" and (journey := self.gen.profile(user_id).__dict__.get("journey")) is not None:
+            journey.advance(track_idx)  # a finished step: on to the next
         if 0 <= track_idx < len(self.catalogue):
             prof = self.gen.profile(user_id)
             if prof.behaviour is None:
@@ -263,7 +273,9 @@ class HybridPolicy:
 
     def learn(self, payload: Any, rewards: tuple[float | None, ...]) -> int:
         """Learn from one closed slate: rows the listener reached, with their rewards."""
-        X, state, user_id, tracks = payload
+        X, state, user_id, tracks, *rest = payload
+        lead = rest[0] if rest else 0  # a journey step led the slate: its reward is not the ranker's
+        rewards = rewards[lead:]
         seen = [i for i, r in enumerate(rewards) if r is not None]
         if not seen:
             return 0

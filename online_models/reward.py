@@ -149,6 +149,7 @@ class Decision:
     n_feedback: int = 0
     opened_at: datetime | None = None  # processing time, set by RewardJoin.decide
     seen: set[uuid.UUID] = field(default_factory=set)  # feedback event ids applied (duplicates)
+    window: timedelta | None = None  # its own window (an offline pack's plays come back days later)
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class RewardJoin:
             d = self.open.get(rec_id)
             if d is None:
                 continue
-            if d.made_at + self.window <= t:
+            if d.made_at + (d.window or self.window) <= t:
                 self._due.append(rec_id)
             else:
                 keep.append(rec_id)
@@ -287,10 +288,13 @@ class RewardJoin:
         if all_open:
             due.extend(self.open)
         elif now is not None:
-            for rec_id, d in self.open.items():
-                if d.opened_at is None or d.opened_at + self.window > now:
+            for rec_id, d in self.open.items():  # in the order received: stop at the first not due
+                if d.opened_at is None:
                     break
-                due.append(rec_id)
+                if d.opened_at + (d.window or self.window) <= now:
+                    due.append(rec_id)
+                elif d.window is None:
+                    break  # (a longer window of its own is passed over: the ones after it may be due)
         out = [self._close(rec_id) for rec_id in dict.fromkeys(due) if rec_id in self.open]
         while self._waiting_since and now is not None:
             rec_id, since = next(iter(self._waiting_since.items()))

@@ -38,6 +38,7 @@ class Kind(StrEnum):
     PLAYLIST_ADD = "playlist_add"
     SHARE = "share"
     FOLLOW_ARTIST = "follow_artist"
+    UNFOLLOW_ARTIST = "unfollow_artist"
     THUMBS_UP = "thumbs_up"
     THUMBS_DOWN = "thumbs_down"
     RATING = "rating"
@@ -47,7 +48,10 @@ class Kind(StrEnum):
 
 
 #: kinds that are about one track and so must carry ``track_id``
-TRACK_KINDS = frozenset(Kind) - {Kind.REC_REQUEST, Kind.FOLLOW_ARTIST, Kind.FOLLOW_USER, Kind.UNFOLLOW_USER}
+TRACK_KINDS = frozenset(Kind) - {Kind.REC_REQUEST, Kind.FOLLOW_ARTIST, Kind.UNFOLLOW_ARTIST, Kind.FOLLOW_USER,
+                                 Kind.UNFOLLOW_USER}
+#: kinds about an artist, which must carry ``artist_id`` or a ``track_id`` of theirs
+ARTIST_KINDS = frozenset({Kind.FOLLOW_ARTIST, Kind.UNFOLLOW_ARTIST})
 #: kinds about another listener (a friend edge), which must carry ``friend_id``
 FRIEND_KINDS = frozenset({Kind.FOLLOW_USER, Kind.UNFOLLOW_USER})
 
@@ -163,7 +167,7 @@ def _kind_rules_schema(schema: dict[str, Any]) -> None:
         {"if": {"properties": {"kind": {"enum": sorted(str(k) for k in FRIEND_KINDS)}}, "required": ["kind"]},
          "then": {"properties": {"friend_id": {"type": "string", "minLength": 1, "maxLength": 128}},
                   "required": ["friend_id"]}},
-        {"if": {"properties": {"kind": {"const": "follow_artist"}}, "required": ["kind"]},
+        {"if": {"properties": {"kind": {"enum": sorted(str(k) for k in ARTIST_KINDS)}}, "required": ["kind"]},
          "then": {"anyOf": [{"properties": {"artist_id": {"type": "string"}}, "required": ["artist_id"]},
                             {"properties": {"track_id": track}, "required": ["track_id"]}]}},
     ]
@@ -224,8 +228,8 @@ class Interaction(_Input):
     def _kind_rules(self) -> Interaction:
         if self.kind in TRACK_KINDS and self.track_id is None:
             raise ValueError(f"kind '{self.kind}' needs track_id")
-        if self.kind == Kind.FOLLOW_ARTIST and self.artist_id is None and self.track_id is None:
-            raise ValueError("kind 'follow_artist' needs artist_id or track_id")
+        if self.kind in ARTIST_KINDS and self.artist_id is None and self.track_id is None:
+            raise ValueError(f"kind '{self.kind}' needs artist_id or track_id")
         if self.kind in FRIEND_KINDS and self.friend_id is None:
             raise ValueError(f"kind '{self.kind}' needs friend_id, the listener followed or unfollowed")
         if self.kind == Kind.RATING and self.rating is None:

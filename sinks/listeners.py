@@ -10,6 +10,7 @@ Keys (next to the gamification keys, under the same prefix and the listener's ha
     enc:{USER}:privacy    hash    listening / activity: followers | nobody; board: everyone | followers | nobody
     enc:{USER}:rp         zset    TRACK -> ms: the listener's latest completions (friends' candidates)
     enc:{USER}:act        zset    JSON item -> ms: their likes and achievements (their followers' feed)
+    enc:{USER}:lists      string  JSON: their lists (online_models.lists) and when each was built
     enc:forgotten         hash    USER -> when their erasure was asked (ISO time); workers drop
                                   the listener's events and erase what they hold of them
     enc:forgotten:v       string  bumped on every erasure request: workers re-read the hash when it moves
@@ -172,6 +173,14 @@ class ListenerStore:
         items = [{**json.loads(m), "user_id": f, "at_ms": int(sc)}
                  for f, got in zip(friends, pipe.execute(), strict=True) for m, sc in got]
         return sorted(items, key=lambda i: -int(i["at_ms"]))[:n]  # type: ignore[call-overload]
+
+    # --- lists -----------------------------------------------------------------------------
+    def put_lists(self, user: str, lists: dict[str, object], ttl_s: int = 8 * 86_400) -> None:
+        self.redis.set(f"{self._tag(user)}:lists", json.dumps(lists), ex=ttl_s)
+
+    def get_lists(self, user: str) -> dict[str, object] | None:
+        raw = self.redis.get(f"{self._tag(user)}:lists")
+        return json.loads(raw) if raw is not None else None
 
     # --- forgetting -------------------------------------------------------------------------
     @property

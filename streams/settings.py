@@ -62,6 +62,10 @@ class Settings(BaseSettings):
                                   "(one more Redis write per batch with completions, likes or follows)")
     friends_cache_s: float = Field(30.0, ge=0, description="how long a listener's friends' recent listening is "
                                    "reused for their slates before Redis is asked again")
+    offline_window_s: float = Field(7 * 86_400.0, gt=0, description="an offline pack's decision waits this long "
+                                    "for the plays the device reports when it is back online")
+    offline_kbps: int = Field(160, gt=0, description="bitrate an offline pack's size is estimated at")
+    lists_poll_s: float = Field(10.0, gt=0, description="how often the lists schedule looks for active listeners")
     forget_poll_s: float = Field(2.0, gt=0, description="how often a worker looks for new erasure requests")
     token_ttl_s: float = Field(7 * 86_400.0, gt=0, description="how long a listener token is valid")
     log_json: bool = Field(True, description="structured JSON logs from the worker")

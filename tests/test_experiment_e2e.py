@@ -73,10 +73,11 @@ def report(url: str, name: str) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.mark.timeout(900)
-def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_path: Path, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_the_report_finds_the_true_effect_and_the_a_a_finds_nothing(stack, tmp_path: Path, browser, request) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     declared = tmp_path / "experiments.toml"
     declared.write_text(DECLARED)
     run = Run(stack, tmp_path, experiments_file=declared, control_poll_s=0.5)
+    request.addfinalizer(run.close)  # its worker stops with the test, passed or not
     control = ControlStore(redis.Redis.from_url(run.settings.redis_url), run.tag)
     for name in ("aa", "gamification"):
         control.set_status(load_experiments(declared), name, "running")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from selenium.webdriver.support.ui import Select
 
 from agents.ingest import RawRecord, ingest
 from schemas.events import Kind, Recommendation
@@ -100,7 +101,28 @@ def test_clicks_become_events_and_the_next_slate_reacts(worker, browser) -> None
                       "the unlocked avatar item")
     button.click()
     wait_for(browser, "return document.getElementById('avatar').textContent === 'basic-headphones'", "the avatar worn")
+    # lists from what was just learned; follow someone; keep the board place private
+    browser.find_element("id", "lists-refresh").click()
+    wait_for(browser, "return Number(document.getElementById('lists-box').dataset.lists || 0) >= 3", "the lists")
+    assert browser.execute_script("return document.querySelectorAll('#list tbody tr').length") > 0
+    pal = f"pal-{uuid.uuid4().hex[:6]}"
+    browser.find_element("id", "follow-id").send_keys(pal)
+    browser.find_element("css selector", "#follow-form button").click()
+    wait_for(browser, f"return (document.getElementById('friends-box').dataset.following || '') === '{pal}'",
+             "the listener followed")
+    Select(browser.find_element("css selector", "[data-privacy='board']")).select_by_visible_text("nobody")
+    wait_for(browser, "return (document.body.dataset.privacySaved || '').includes('\"board\":\"nobody\"')",
+             "the privacy saved")
+    # a journey: five steps, and the next slate leads with the first
+    before = browser.execute_script("return document.getElementById('slate-box').dataset.recId")
+    Select(browser.find_element("id", "journey-target")).select_by_index(2)
+    browser.find_element("id", "journey-start").click()
+    wait_for(browser, "return document.querySelectorAll('#journey li').length === 5", "the journey's steps")
+    wait_for(browser, f"return document.getElementById('slate-box').dataset.recId !== '{before}'", "the next slate")
+    first_step = browser.execute_script("return document.querySelector('#journey li').textContent.split(':')[0]")
+    assert browser.execute_script("return document.querySelector('#slate tbody tr').dataset.track") == first_step
     SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(SHOTS / "listener-app.png"))
 
     serde = Serde()
@@ -110,7 +132,7 @@ def test_clicks_become_events_and_the_next_slate_reacts(worker, browser) -> None
             if e.user_id == user]  # other tests' producers send batches too
     kinds = [e.kind for e in mine]
     for kind in (Kind.REC_REQUEST, Kind.LIKE, Kind.THUMBS_UP, Kind.PLAYLIST_ADD, Kind.PLAY_START, Kind.PLAY_END,
-                 Kind.SKIP):
+                 Kind.SKIP, Kind.FOLLOW_USER):
         assert kind in kinds, (kind, kinds)
     end = next(e for e in mine if e.kind == Kind.PLAY_END)
     skip = next(e for e in mine if e.kind == Kind.SKIP)

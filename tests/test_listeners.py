@@ -255,3 +255,111 @@ def test_friends_listening_feeds_slates_and_privacy_is_honoured_everywhere(worke
 
     assert call(url + "/v1/events", "POST", [social(ann, "unfollow_user", bob)], token=t_ann)[0] == 202
     wait("the unfollow", lambda: call(url + f"/v1/users/{ann}/friends", token=t_ann)[1].get("following") == [])
+
+
+def test_an_offline_pack_is_size_bounded_and_its_plays_count_once_with_their_times(worker) -> None:  # type: ignore[no-untyped-def]
+    _, url = worker
+    dee = f"dee-{uuid.uuid4().hex[:6]}"
+    token = token_for(url, dee)
+    status, pack = call(url + f"/v1/users/{dee}/offline", "POST", {"max_mb": 40, "tracks": 30}, token=token)
+    assert status == 201, pack
+    assert 0 < len(pack["items"]) < 30 and pack["total_bytes"] <= pack["max_bytes"] == 40_000_000
+    assert sum(i["bytes"] for i in pack["items"]) == pack["total_bytes"]
+    assert call(url + f"/v1/users/{dee}/offline", "POST", {"max_mb": -1}, token=token)[0] == 400
+
+    # back online: the device reports what it played, at the times it played them, twice (a retry)
+    made = datetime.fromisoformat(pack["created_at"])
+    time.sleep(2.0)
+    played = []
+    for n, item in enumerate(pack["items"][:3]):
+        for kind, dt in (("play_start", 0.2), ("play_end", 0.9)):
+            played.append({"event_id": str(uuid.uuid4()), "user_id": dee, "session_id": "offline-s",
+                           "kind": kind, "track_id": item["track_id"], "rec_id": pack["rec_id"],
+                           "position": item["position"], "listened_ms": item["duration_ms"] if kind == "play_end"
+                           else None, "track_duration_ms": item["duration_ms"],
+                           "occurred_at": (made + timedelta(seconds=n + dt)).isoformat(),
+                           "context": {"network": "offline"}})
+    assert call(url + "/v1/events", "POST", played, token=token)[0] == 202
+    once = wait("karma for the offline plays", lambda: (got := call(url + f"/v1/users/{dee}/profile", token=token))
+                [0] == 200 and got[1]["stats"].get("completions", got[1]["karma"]) and got[1])
+    model = wait("the plays learned", lambda: (m := call(url + f"/v1/users/{dee}/model", token=token))[0] == 200
+                 and m[1]["completions"] >= 3 and m[1])
+    assert pack["rec_id"] in model["open_decisions"]  # the pack waits for its plays (ENCORE_OFFLINE_WINDOW_S)
+    assert call(url + "/v1/events", "POST", played, token=token)[0] == 202  # the same events again
+    time.sleep(3.0)
+    again = call(url + f"/v1/users/{dee}/profile", token=token)[1]
+    assert (again["karma"], again["stats"]) == (once["karma"], once["stats"])  # karma counted once
+    assert call(url + f"/v1/users/{dee}/model", token=token)[1]["completions"] == model["completions"]  # learned once
+
+
+def test_lists_are_built_from_the_model_explained_and_honour_unfollows(worker, settings) -> None:  # type: ignore[no-untyped-def]
+    from agents.worker import load_catalogue
+
+    _, url = worker
+    cat = load_catalogue(settings.catalogue)
+    eve = f"eve-{uuid.uuid4().hex[:6]}"
+    token = token_for(url, eve)
+    jazz = [t for i, t in enumerate(cat.track_ids) if cat.genre_idx[i] == 0][:8]  # one genre: a Daily Mix
+    now = datetime.now(UTC)
+    sent = []
+    for n, track in enumerate(jazz):
+        for kind in ("play_start", "play_end", "like"):
+            sent.append({"event_id": str(uuid.uuid4()), "user_id": eve, "session_id": "s-l", "kind": kind,
+                         "track_id": track, "occurred_at": (now - timedelta(seconds=60 - n)).isoformat()})
+    mine = {cat.artist_ids[cat.index[t]] for t in jazz}
+    others = sorted(set(cat.artist_ids) - mine)
+    sent.append({"event_id": str(uuid.uuid4()), "user_id": eve, "session_id": "s-l", "kind": "follow_artist",
+                 "artist_id": others[0], "occurred_at": now.isoformat()})
+    sent.append({"event_id": str(uuid.uuid4()), "user_id": eve, "session_id": "s-l", "kind": "unfollow_artist",
+                 "artist_id": others[1], "occurred_at": now.isoformat()})
+    assert call(url + "/v1/events", "POST", sent, token=token)[0] == 202
+    wait("eve's plays learned", lambda: (m := call(url + f"/v1/users/{eve}/model", token=token))[0] == 200
+         and m[1]["completions"] >= len(jazz))
+    status, got = call(url + f"/v1/users/{eve}/lists", "POST", token=token)  # rebuilt now, from what was learned
+    assert status == 200, got
+    lists = got["lists"]
+    assert set(lists) == {"daily_mix", "discovery_weekly", "artists_you_may_like", "hidden_gems"}
+    assert lists["daily_mix"] and lists["daily_mix"][0]["title"] == f"Daily Mix: {cat.genres[0]}"
+    for name, ones in lists.items():
+        for one in ones:
+            assert one["items"] and all(i["why"] for i in one["items"]), (name, one)
+    assert not {cat.artist_ids[cat.index[i["id"]]] for i in lists["discovery_weekly"][0]["items"]} & mine
+    gems = {cat.index[i["id"]] for i in lists["hidden_gems"][0]["items"]}
+    assert not {cat.artist_ids[i] for i in gems} & mine
+    artists = [i["id"] for i in lists["artists_you_may_like"][0]["items"]]
+    assert others[1] not in artists and not set(artists) & mine  # never an unfollowed or already played artist
+    assert call(url + f"/v1/users/{eve}/lists", token=token)[1]["built_at"] == got["built_at"]  # stored, served
+    assert call(url + f"/v1/users/{eve}/lists", token=token_for(url, "mallory"))[0] == 403
+
+
+def test_a_journey_leads_the_slates_step_by_step_to_its_target(worker, settings) -> None:  # type: ignore[no-untyped-def]
+    from agents.worker import load_catalogue
+
+    _, url = worker
+    cat = load_catalogue(settings.catalogue)
+    fay = f"fay-{uuid.uuid4().hex[:6]}"
+    token = token_for(url, fay)
+    assert call(url + "/v1/events", "POST", events(fay, 4), token=token)[0] == 202
+    wait("fay's model", lambda: call(url + f"/v1/users/{fay}/journey", token=token)[0] == 200)
+    target = f"genre:{cat.genres[3]}"
+    assert call(url + f"/v1/users/{fay}/journey", "POST", {"target": "genre:polka-metal"}, token=token)[0] == 400
+    status, got = call(url + f"/v1/users/{fay}/journey", "POST", {"target": target}, token=token)
+    assert status == 200 and target in got["targets"], got
+    steps = got["journey"]["steps"]
+    assert len(steps) == 5 and all(s["why"].startswith(f"step {k} of 5 toward {cat.genres[3]}")
+                                   for k, s in enumerate(steps, 1))
+    assert cat.genre_of(cat.index[steps[-1]["track_id"]]) == cat.genres[3]  # it arrives
+    for k in range(2):  # the slate leads with the current step; finishing it moves the journey on
+        ask = events(fay, 0)
+        assert call(url + "/v1/events", "POST", ask, token=token)[0] == 202
+        slate = wait("the slate", lambda ask=ask: (s := call(url + f"/v1/recommendations/{fay}", token=token))[0] == 200
+                     and s[1]["request_id"] == ask[-1]["event_id"] and s[1])
+        first = slate["items"][0]
+        assert (first["track_id"], first["source"], first["propensity"]) == (steps[k]["track_id"], "journey", 1.0)
+        done = {"event_id": str(uuid.uuid4()), "user_id": fay, "session_id": "s-1", "kind": "play_end",
+                "track_id": first["track_id"], "rec_id": slate["rec_id"], "position": 0,
+                "occurred_at": datetime.now(UTC).isoformat()}
+        assert call(url + "/v1/events", "POST", [done], token=token)[0] == 202
+        wait("the next step", lambda k=k: call(url + f"/v1/users/{fay}/journey", token=token)[1]["journey"]["position"]
+             == k + 1)
+    assert call(url + f"/v1/users/{fay}/journey", "DELETE", token=token)[1]["journey"] is None

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from schemas import avro
 from schemas.events import (
+    ARTIST_KINDS,
     FRIEND_KINDS,
     TRACK_KINDS,
     Context,
@@ -42,7 +43,7 @@ contexts = st.builds(Context, local_hour=st.none() | st.integers(0, 23), weekday
 @st.composite
 def interactions(draw: st.DrawFn) -> Interaction:
     kind = draw(st.sampled_from(list(Kind)))
-    needs_track = kind in TRACK_KINDS or kind == Kind.FOLLOW_ARTIST
+    needs_track = kind in TRACK_KINDS or kind in ARTIST_KINDS
     user = draw(text)
     return Interaction(
         event_id=draw(st.uuids()), user_id=user, session_id=draw(text), occurred_at=draw(times),

@@ -163,6 +163,7 @@ async function stop(kind) {
   await send(kind, { track_id: p.item.track_id, rec_id: p.rec, position: p.item.position, listened_ms: ms,
                      track_duration_ms: p.duration });
   refreshProfile();
+  setTimeout(refreshJourney, 1000);
   await nextSlate();
 }
 
@@ -214,6 +215,111 @@ async function refreshBoard() {
   }
 }
 
+// --- lists ------------------------------------------------------------------------------------
+async function refreshLists(rebuild = false) {
+  const res = await api(rebuild ? "POST" : "GET", `/v1/users/${encodeURIComponent(USER)}/lists`);
+  if (res.status !== 200) return;
+  state.lists = [];
+  for (const name of ["daily_mix", "discovery_weekly", "artists_you_may_like", "hidden_gems"])
+    for (const one of res.data.lists[name] || []) state.lists.push(one);
+  const tabs = $("list-tabs");
+  tabs.innerHTML = "";
+  state.lists.forEach((one, n) => {
+    const b = document.createElement("button");
+    b.textContent = `${one.title} (${one.items.length})`;
+    b.dataset.list = one.name;
+    b.onclick = () => showList(n);
+    tabs.appendChild(b);
+  });
+  $("lists-box").dataset.lists = state.lists.length;
+  if (state.lists.length) showList(Math.min(state.shownList || 0, state.lists.length - 1));
+}
+
+function showList(n) {
+  state.shownList = n;
+  const one = state.lists[n];
+  for (const [i, b] of [...$("list-tabs").children].entries()) b.className = i === n ? "on" : "";
+  const body = $("list").querySelector("tbody");
+  body.innerHTML = "";
+  one.items.forEach((item, i) => {
+    const row = body.insertRow();
+    row.insertCell().textContent = i + 1;
+    row.insertCell().textContent = item.id;
+    row.insertCell().textContent = item.why;
+  });
+}
+
+// --- journeys ---------------------------------------------------------------------------------
+async function refreshJourney(method = "GET", body) {
+  const res = await api(method, `/v1/users/${encodeURIComponent(USER)}/journey`, body);
+  if (res.status !== 200) return;
+  const select = $("journey-target");
+  if (!select.options.length)
+    for (const t of res.data.targets) select.add(new Option(t.replace(":", ": "), t));
+  const ol = $("journey");
+  ol.innerHTML = "";
+  const j = res.data.journey;
+  $("journey-box").dataset.position = j ? j.position : "";
+  if (!j) return;
+  j.steps.forEach((step, k) => {
+    const li = document.createElement("li");
+    li.textContent = `${step.track_id}: ${step.why}` + (k < j.position ? " ✓" : k === j.position ? "  ← now" : "");
+    ol.appendChild(li);
+  });
+}
+
+// --- friends ----------------------------------------------------------------------------------
+async function refreshFriends() {
+  const me = encodeURIComponent(USER);
+  const [friends, board, feed, privacy] = await Promise.all([
+    api("GET", `/v1/users/${me}/friends`), api("GET", `/v1/users/${me}/friends/board`),
+    api("GET", `/v1/users/${me}/feed`), api("GET", `/v1/users/${me}/privacy`)]);
+  if (friends.status === 200) {
+    const ul = $("following");
+    ul.innerHTML = "";
+    for (const f of friends.data.following) {
+      const li = document.createElement("li");
+      li.textContent = f + " ";
+      const b = document.createElement("button");
+      b.textContent = "Unfollow";
+      b.onclick = async () => { await send("unfollow_user", { friend_id: f }); setTimeout(refreshFriends, 800); };
+      li.appendChild(b);
+      ul.appendChild(li);
+    }
+    $("friends-box").dataset.following = friends.data.following.join(",");
+  }
+  if (board.status === 200) {
+    const body = $("friends-board").querySelector("tbody");
+    body.innerHTML = "";
+    for (const e of board.data.entries) {
+      const row = body.insertRow();
+      if (e.user_id === USER) row.className = "me";
+      row.insertCell().textContent = e.rank;
+      row.insertCell().textContent = e.user_id + (e.avatar ? `  [${e.avatar}]` : "");
+      row.insertCell().textContent = Math.round(e.score);
+    }
+  }
+  if (feed.status === 200) {
+    const ul = $("feed");
+    ul.innerHTML = "";
+    for (const item of feed.data.items.slice(0, 10)) {
+      const li = document.createElement("li");
+      li.textContent = item.kind === "like" ? `${item.user_id} liked ${item.track_id}`
+        : `${item.user_id} unlocked ${item.achievement}`;
+      ul.appendChild(li);
+    }
+  }
+  if (privacy.status === 200)
+    for (const sel of document.querySelectorAll("[data-privacy]")) sel.value = privacy.data[sel.dataset.privacy];
+}
+
+async function setPrivacy(event) {
+  const res = await api("PUT", `/v1/users/${encodeURIComponent(USER)}/privacy`,
+                        { [event.target.dataset.privacy]: event.target.value });
+  if (res.status !== 200) notice(res.data.error || "not saved", true);
+  else document.body.dataset.privacySaved = JSON.stringify(res.data);
+}
+
 async function forgetMe() {
   if (!confirm("Erase everything Encore holds about you? This cannot be undone.")) return;
   const res = await api("DELETE", `/v1/users/${encodeURIComponent(USER)}`);
@@ -233,8 +339,21 @@ async function main() {
   $("who").textContent = USER;
   $("skip").onclick = () => stop("skip");
   $("forget").onclick = forgetMe;
-  await Promise.all([refreshProfile(), refreshBoard(), nextSlate()]);
+  $("lists-refresh").onclick = () => refreshLists(true);
+  $("journey-start").onclick = async () => { await refreshJourney("POST", { target: $("journey-target").value }); await nextSlate(); };
+  $("journey-stop").onclick = () => refreshJourney("DELETE");
+  $("follow-form").onsubmit = async (e) => {
+    e.preventDefault();
+    const friend = $("follow-id").value.trim();
+    if (friend && friend !== USER) await send("follow_user", { friend_id: friend });
+    $("follow-id").value = "";
+    setTimeout(refreshFriends, 800);
+  };
+  for (const sel of document.querySelectorAll("[data-privacy]")) sel.onchange = setPrivacy;
+  await Promise.all([refreshProfile(), refreshBoard(), nextSlate(), refreshLists(), refreshFriends(), refreshJourney()]);
   setInterval(() => { refreshProfile(); refreshBoard(); }, 2000);
+  setInterval(refreshFriends, 5000);
+  setInterval(() => refreshLists(), 30000);
 }
 
 main();
