@@ -82,6 +82,8 @@ bench-recommenders: install
 	$(PY) -m bench.taste_shift
 	$(PY) -m bench.mood_check
 	$(PY) -m bench.challenges
+	$(PY) -m bench.lists
+	$(PY) -m bench.engagement
 	$(PY) -m bench.offline_models --simulator --neural
 
 # what share of the oracle is reachable: learners told part of the simulator's truth, by

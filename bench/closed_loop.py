@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from agents.recommend import listening_context
-from online_models import embeddings
+from online_models import embeddings, lists
 from online_models.candidates import FriendTracks
 from online_models.policy import POLICIES, HybridPolicy, make_policy
 from online_models.reward import Decision, Feedback, RewardJoin
@@ -63,6 +63,7 @@ class Curve:
     completions: int = 0
     discoveries: int = 0  # completions of an artist the listener had never finished before
     friend_picks: int = 0  # slate items from the friends source
+    list_sessions: int = 0  # sessions that began by playing one of the listener's lists
 
     def engagement(self) -> dict[str, float]:
         """Completion rate, discovery share of completions, plays per session."""
@@ -100,7 +101,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
         rules: SlateRules | None = None, params: dict | None = None, progress: bool = True,
         factory: Callable[[World, SlateRules], Any] | None = None, communities: int = 8, mood_sd: float = 0.0,
         embeddings_every: int = 0, on_slate: Callable[[Any, Any], None] | None = None,
-        shift_at: int = 0, shift_share: float = 0.5, friends: dict[str, list[str]] | None = None) -> Curve:
+        shift_at: int = 0, shift_share: float = 0.5, friends: dict[str, list[str]] | None = None,
+        lists_share: float = 0.0) -> Curve:
     """``factory(world, rules)`` builds the policy instead of ``make_policy(policy_name)``
     (the ceiling bench's informed learners, which are handed part of the world's truth).
     ``embeddings_every`` > 0: every that many events the embedding job refits on the completions
@@ -129,6 +131,45 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
     next_refit = embeddings_every
     finished: dict[str, deque[int]] = {}  # listener -> latest completions (what their followers see)
     completed_artists: dict[str, set[int]] = {}
+
+    def engaged(e: Any) -> None:
+        """Engagement counters of one event (slates and lists alike)."""
+        i = catalogue.index[e.track_id]
+        if e.kind == "play_end":
+            curve.completions += 1
+            done = completed_artists.setdefault(e.user_id, set())
+            curve.discoveries += int(artist_of[i]) not in done
+            done.add(int(artist_of[i]))
+            finished.setdefault(e.user_id, deque(maxlen=30)).append(i)
+        elif e.kind == "play_start":
+            curve.plays += 1
+
+    def from_a_list(session: Any, ctx_of: Any) -> int:
+        """The session plays one of the listener's lists (online_models.lists) from the top, a
+        slate's worth at a time, until they leave; the plays teach the model as any play does.
+        Returns the events it took."""
+        built = lists.build(policy.gen, session.listener.user_id)
+        tracks = [[catalogue.index[i["id"]] for i in one["items"]] for name, ones in built.items()
+                  if name != "artists_you_may_like" for one in ones if one["items"]]
+        if not tracks:
+            return 0
+        queue = [t for t in tracks[int(rng.integers(len(tracks)))] if t not in recent.get(session.listener.user_id, ())]
+        n = 0
+        curve.list_sessions += 1
+        while session.active and queue and n_events + n < events:
+            chunk, queue = queue[:slate_size], queue[slate_size:]
+            request = world.request(session, slate_size)
+            ctx = ctx_of(request)
+            out = world.react(session, uuid.uuid4(), [catalogue.track_ids[t] for t in chunk])
+            n += 1 + len(out)
+            for e in out:
+                engaged(e)
+                i = catalogue.index[e.track_id]
+                if e.kind == "play_start":
+                    recent.setdefault(e.user_id, deque(maxlen=RECENT)).append(i)
+                    played_artists.setdefault(e.user_id, set()).add(int(artist_of[i]))
+                policy.observe(e.user_id, session.session_id, str(e.kind), i, ctx, e.rating)
+        return n
     while n_events < events:
         if shift_at and n_events >= shift_at and not curve.shifted:
             curve.shifted = world.shift_tastes(shift_share, seed)
@@ -136,6 +177,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
         clock += timedelta(seconds=int(rng.integers(1, 60)))
         session = world.start_session(listener, clock)
         curve.sessions += 1
+        if lists_share and isinstance(policy, HybridPolicy) and rng.random() < lists_share:
+            n_events += from_a_list(session, listening_context)  # then back to slates while they stay
         while session.active and n_events < events:
             request = world.request(session, slate_size)
             n_events += 1
@@ -173,14 +216,8 @@ def run(policy_name: str, *, events: int = 100_000, seed: int = 7, n_listeners: 
             n_imp += len(reached)
             for e in out:
                 i = catalogue.index[e.track_id]
-                if e.kind == "play_end":
-                    curve.completions += 1
-                    done = completed_artists.setdefault(listener.user_id, set())
-                    curve.discoveries += int(artist_of[i]) not in done
-                    done.add(int(artist_of[i]))
-                    finished.setdefault(listener.user_id, deque(maxlen=30)).append(i)
+                engaged(e)
                 if e.kind == "play_start":
-                    curve.plays += 1
                     played.append(i)
                     played_artists.setdefault(listener.user_id, set()).add(int(artist_of[i]))
                 policy.observe(listener.user_id, session.session_id, str(e.kind), i, ctx, e.rating)

@@ -121,6 +121,9 @@ def test_clicks_become_events_and_the_next_slate_reacts(worker, browser) -> None
     wait_for(browser, f"return document.getElementById('slate-box').dataset.recId !== '{before}'", "the next slate")
     first_step = browser.execute_script("return document.querySelector('#journey li').textContent.split(':')[0]")
     assert browser.execute_script("return document.querySelector('#slate tbody tr').dataset.track") == first_step
+    browser.find_element("id", "offline-get").click()  # a pack for the road
+    wait_for(browser, "return Number(document.getElementById('offline-box').dataset.tracks || 0) > 0",
+             "the offline pack")
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(SHOTS / "listener-app.png"))

@@ -320,6 +320,17 @@ async function setPrivacy(event) {
   else document.body.dataset.privacySaved = JSON.stringify(res.data);
 }
 
+async function offlinePack() {
+  const res = await api("POST", `/v1/users/${encodeURIComponent(USER)}/offline`,
+                        { max_mb: Number($("offline-mb").value), tracks: 50 });
+  if (res.status !== 201) { notice(res.data.error || "no pack", true); return; }
+  const p = res.data;
+  localStorage.setItem("encore-offline-pack", JSON.stringify(p));  // the device keeps it
+  $("offline-info").textContent = `${p.items.length} tracks, ${(p.total_bytes / 1e6).toFixed(1)} MB `
+    + `(of ${(p.max_bytes / 1e6).toFixed(0)}); plays count until ${p.valid_until.slice(0, 10)}`;
+  $("offline-box").dataset.tracks = p.items.length;
+}
+
 async function forgetMe() {
   if (!confirm("Erase everything Encore holds about you? This cannot be undone.")) return;
   const res = await api("DELETE", `/v1/users/${encodeURIComponent(USER)}`);
@@ -340,6 +351,7 @@ async function main() {
   $("skip").onclick = () => stop("skip");
   $("forget").onclick = forgetMe;
   $("lists-refresh").onclick = () => refreshLists(true);
+  $("offline-get").onclick = offlinePack;
   $("journey-start").onclick = async () => { await refreshJourney("POST", { target: $("journey-target").value }); await nextSlate(); };
   $("journey-stop").onclick = () => refreshJourney("DELETE");
   $("follow-form").onsubmit = async (e) => {
