@@ -55,7 +55,7 @@ from sinks.slate_cache import SlateCache
 from streams.settings import Settings
 
 log = logging.getLogger("encore.api")
-OFFLINE_WAIT_S = 15.0  # how long POST /v1/users/{user}/offline waits for the recommender's slate
+OFFLINE_WAIT_S = 3.0  # how long POST /v1/users/{user}/offline waits for its slate before answering 202
 
 
 class Problem(BaseModel):
@@ -231,6 +231,12 @@ class JourneyRequest(BaseModel):
     target: str = Field(min_length=1, max_length=64, description="genre:<name> or mood:<name> (see targets)")
 
 
+class PackPending(BaseModel):
+    user_id: str
+    rec_id: str
+    detail: str
+
+
 class TokenRequest(BaseModel):
     user_id: str = Field(min_length=1, max_length=128)
 
@@ -301,6 +307,7 @@ class Route:
     params: tuple[dict[str, Any], ...] = ()
     secured: bool = False
     tags: tuple[str, ...] = field(default=("encore",))
+    body_required: bool = True
 
 
 USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
@@ -327,8 +334,14 @@ ROUTES = (
           params=(USER,), secured=True),
     Route("post", "/v1/users/{user}/offline", "An offline pack: a size-bounded slate the device keeps; plays reported "
           "later with their original times count for karma and learning once",
-          {201: OfflinePack, 400: ErrorBody, **DENIED, 503: ErrorBody, 504: ErrorBody}, params=(USER,),
-          body={"$ref": "#/components/schemas/OfflineRequest"}, secured=True),
+          {201: OfflinePack, 202: PackPending, 400: ErrorBody, **DENIED, 503: ErrorBody}, params=(USER,),
+          body={"$ref": "#/components/schemas/OfflineRequest"}, secured=True, body_required=False),
+    Route("get", "/v1/users/{user}/offline/{rec_id}", "An offline pack asked for earlier (POST answered 202: not ready "
+          "yet); 404 while it is not ready", {200: OfflinePack, 400: ErrorBody, **DENIED, 404: ErrorBody, 503: ErrorBody},
+          params=(USER, {"name": "rec_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
+                  {"name": "max_mb", "in": "query", "required": False,
+                   "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 10_000, "default": 200}}),
+          secured=True),
     Route("get", "/v1/users/{user}/lists", "The listener's lists: Daily Mixes, Discovery Weekly, Artists you may "
           "like, Hidden Gems (rebuilt on a schedule)", {200: Lists, **DENIED, 404: ErrorBody, 503: ErrorBody},
           params=(USER,), secured=True),
@@ -394,7 +407,7 @@ def openapi() -> dict[str, Any]:
                           for code, model in r.responses.items()},
         }
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
+            op["requestBody"] = {"required": r.body_required, "content": {"application/json": {"schema": r.body}}}
         if r.secured:
             op["security"] = [{"apiKey": []}] if r.path in ("/v1/tokens",) else [{"apiKey": []}, {"listenerToken": []}]
         paths.setdefault(r.path, {})[r.method] = op
@@ -422,7 +435,8 @@ def _error(web: faust.web.View, status: int, message: str, problems: list[Proble
 def register_api(app: faust.App, settings: Settings, *, events_topic: faust.TopicT, serde: Serde,
                  slates: SlateCache, gamification: GamificationStore | None, readiness: Any,
                  listener_model: Any = None, listeners: ListenerStore | None = None,
-                 catalogue: Catalogue | None = None, build_lists: Any = None, journey_of: Any = None) -> None:
+                 catalogue: Catalogue | None = None, build_lists: Any = None, journey_of: Any = None,
+                 rec_id_of: Any = None) -> None:
     keys = settings.api_key_set()
     secret = signing_secret(settings)
     limit = settings.max_record_bytes
@@ -438,8 +452,13 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
             return _error(web, 403, "services only: send X-API-Key")
         return None
 
-    async def body_of(web: faust.web.View, request: faust.web.Request, model: type[BaseModel]) -> BaseModel | faust.web.Response:
-        raw = await web.read_request_content(request) or b"{}"  # no body: the defaults
+    async def body_of(web: faust.web.View, request: faust.web.Request, model: type[BaseModel],
+                      required: bool = True) -> BaseModel | faust.web.Response:
+        raw = await web.read_request_content(request)
+        if not raw.strip():
+            if required:
+                return _error(web, 400, f"send a JSON {model.__name__} body")
+            raw = b"{}"  # an optional body: the defaults
         if len(raw) > 4096:
             return _error(web, 413, "body over 4 KB")
         try:
@@ -557,47 +576,68 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
 
     app.page("/v1/users/{user}")(Listener)
 
+    def pack_of(user: str, slate: Recommendation, max_mb: float) -> OfflinePack:
+        """The slate's tracks, in order, while their estimated size fits ``max_mb``."""
+        budget, total, items = int(max_mb * 1e6), 0, []
+        for it in slate.items:
+            i = catalogue.index.get(it.track_id) if catalogue is not None else None
+            duration = int(catalogue.duration_ms[i]) if catalogue is not None and i is not None else 0
+            size = duration * settings.offline_kbps // 8  # ms x kbit/s / 8 = bytes
+            if total + size > budget:
+                break
+            total += size
+            items.append(PackItem(track_id=it.track_id, position=it.position, duration_ms=duration, bytes=size,
+                                  explanation=it.explanation))
+        until = slate.created_at + timedelta(seconds=settings.offline_window_s)
+        return OfflinePack(user_id=user, rec_id=str(slate.rec_id), request_id=str(slate.request_id),
+                           created_at=slate.created_at.isoformat(), valid_until=until.isoformat(), max_bytes=budget,
+                           total_bytes=total, items=items)
+
+    async def published(user: str, rec_id: uuid.UUID) -> Recommendation | None:
+        got = await asyncio.to_thread(slates.published, [(user, rec_id)])
+        return serde.decode(got[rec_id], Recommendation) if rec_id in got else None
+
     class Offline(faust.web.View):
         async def post(self, request: faust.web.Request, user: str) -> faust.web.Response:
             if (refused := denied(self, request, user)) is not None:
                 return refused
-            if catalogue is None:
-                return _error(self, 503, "this worker has no catalogue")
-            got = await body_of(self, request, OfflineRequest)
+            if catalogue is None or rec_id_of is None:
+                return _error(self, 503, "this worker has no catalogue or recommender")
+            got = await body_of(self, request, OfflineRequest, required=False)
             if not isinstance(got, OfflineRequest):
                 return got
-            now = datetime.now(UTC)
             ask = Interaction(event_id=uuid.uuid4(), user_id=user, session_id=f"offline-{uuid.uuid4().hex[:12]}",
-                              occurred_at=now, kind=Kind.REC_REQUEST, slate_size=got.tracks,
+                              occurred_at=datetime.now(UTC), kind=Kind.REC_REQUEST, slate_size=got.tracks,
                               context=Context(network=Network.OFFLINE, timezone=got.timezone))
+            rec_id = rec_id_of(ask)
             await (await events_topic.send(key=user.encode(), value=serde.encode(ask)))
             deadline = time.monotonic() + OFFLINE_WAIT_S
-            slate = None
             while time.monotonic() < deadline:
-                latest = await asyncio.to_thread(slates.get, user)
-                if latest is not None and latest.request_id == ask.event_id:
-                    slate = latest
-                    break
+                slate = await published(user, rec_id)
+                if slate is not None:
+                    return _json(self, pack_of(user, slate, got.max_mb), 201)
                 await asyncio.sleep(0.1)
-            if slate is None:
-                return _error(self, 504, f"no pack within {OFFLINE_WAIT_S:.0f} s (the workers are busy or away); "
-                                         "ask again")
-            budget, total, items = int(got.max_mb * 1e6), 0, []
-            for it in slate.items:  # in slate order while the size bound allows
-                i = catalogue.index.get(it.track_id)
-                duration = int(catalogue.duration_ms[i]) if i is not None else 0
-                size = duration * settings.offline_kbps // 8  # ms x kbit/s / 8 = bytes
-                if total + size > budget:
-                    break
-                total += size
-                items.append(PackItem(track_id=it.track_id, position=it.position, duration_ms=duration, bytes=size,
-                                      explanation=it.explanation))
-            until = slate.created_at + timedelta(seconds=settings.offline_window_s)
-            return _json(self, OfflinePack(user_id=user, rec_id=str(slate.rec_id), request_id=str(slate.request_id),
-                                           created_at=slate.created_at.isoformat(), valid_until=until.isoformat(),
-                                           max_bytes=budget, total_bytes=total, items=items), 201)
+            return _json(self, PackPending(user_id=user, rec_id=str(rec_id), detail=(
+                f"the pack is being made: GET /v1/users/{user}/offline/{rec_id}?max_mb={got.max_mb:g} in a moment")),
+                202)
 
     app.page("/v1/users/{user}/offline")(Offline)
+
+    @app.page("/v1/users/{user}/offline/{rec_id}")
+    async def offline_pack(web: faust.web.View, request: faust.web.Request, user: str, rec_id: str) -> faust.web.Response:
+        if (refused := denied(web, request, user)) is not None:
+            return refused
+        try:
+            rid, max_mb = uuid.UUID(rec_id), float(request.query.get("max_mb", "200"))
+        except ValueError:
+            return _error(web, 400, "rec_id must be a UUID and max_mb a number")
+        if not 0 < max_mb <= 10_000:
+            return _error(web, 400, "max_mb must be in (0, 10000]")
+        slate = await published(user, rid)
+        if slate is None:
+            return _error(web, 404, f"no pack {rec_id} for {user!r} (not ready yet, or over an hour old): ask again")
+        return _json(web, pack_of(user, slate, max_mb), 200)
+
 
     class ListsView(faust.web.View):
         async def get(self, request: faust.web.Request, user: str) -> faust.web.Response:

@@ -687,7 +687,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
 
     register_api(app, settings, events_topic=events_topic, serde=serde, slates=slate_cache,
                  gamification=store, readiness=readiness, listener_model=listener_model, listeners=listeners,
-                 catalogue=catalogue, build_lists=build_lists, journey_of=journey_of)
+                 catalogue=catalogue, build_lists=build_lists, journey_of=journey_of,
+                 rec_id_of=recommender.rec_id_of)
     register_listener_app(app)
 
     @app.timer(settings.control_poll_s)

@@ -262,7 +262,14 @@ def test_an_offline_pack_is_size_bounded_and_its_plays_count_once_with_their_tim
     dee = f"dee-{uuid.uuid4().hex[:6]}"
     token = token_for(url, dee)
     status, pack = call(url + f"/v1/users/{dee}/offline", "POST", {"max_mb": 40, "tracks": 30}, token=token)
+    if status == 202:  # still being made: fetched by its rec_id
+        pack = wait("the pack", lambda: (got := call(url + f"/v1/users/{dee}/offline/{pack['rec_id']}?max_mb=40",
+                                                     token=token))[0] == 200 and got[1])
+        status = 201
     assert status == 201, pack
+    again = call(url + f"/v1/users/{dee}/offline/{pack['rec_id']}?max_mb=40", token=token)
+    assert again[0] == 200 and again[1]["items"] == pack["items"]
+    assert call(url + f"/v1/users/{dee}/offline/{pack['rec_id']}", token=token_for(url, "mallory"))[0] == 403
     assert 0 < len(pack["items"]) < 30 and pack["total_bytes"] <= pack["max_bytes"] == 40_000_000
     assert sum(i["bytes"] for i in pack["items"]) == pack["total_bytes"]
     assert call(url + f"/v1/users/{dee}/offline", "POST", {"max_mb": -1}, token=token)[0] == 400

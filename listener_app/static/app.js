@@ -321,9 +321,14 @@ async function setPrivacy(event) {
 }
 
 async function offlinePack() {
-  const res = await api("POST", `/v1/users/${encodeURIComponent(USER)}/offline`,
-                        { max_mb: Number($("offline-mb").value), tracks: 50 });
-  if (res.status !== 201) { notice(res.data.error || "no pack", true); return; }
+  const mb = Number($("offline-mb").value);
+  let res = await api("POST", `/v1/users/${encodeURIComponent(USER)}/offline`, { max_mb: mb, tracks: 50 });
+  for (let n = 0; res.status === 202 && n < 30; n++) {  // being made: fetch it when it is there
+    await new Promise((r) => setTimeout(r, 500));
+    const again = await api("GET", `/v1/users/${encodeURIComponent(USER)}/offline/${res.data.rec_id}?max_mb=${mb}`);
+    if (again.status === 200) res = { status: 201, data: again.data };
+  }
+  if (res.status !== 201) { notice(res.data.error || "no pack yet: try again", true); return; }
   const p = res.data;
   localStorage.setItem("encore-offline-pack", JSON.stringify(p));  // the device keeps it
   $("offline-info").textContent = `${p.items.length} tracks, ${(p.total_bytes / 1e6).toFixed(1)} MB `
