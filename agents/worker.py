@@ -619,7 +619,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     if analytics is not None:
         from dashboard.web import register_dashboard
 
-        register_dashboard(app, analytics.store, store, catalogue,
+        register_dashboard(app, analytics.store, store, catalogue, keys=settings.api_key_set(),
                            behaviour=recommender.default.behaviour_summary)
 
     def readiness() -> dict[str, object]:

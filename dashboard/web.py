@@ -2,13 +2,15 @@
 
 Pages: ``/dashboard/`` (ops / data view), ``/dashboard/listener?user=ID`` (listener view) and
 ``/dashboard/experiments?name=NAME`` (an experiment's report).
-Data: ``/api/dashboard/{name}`` returns one query's JSON. Assets are served from this folder and
+Data: ``/api/dashboard/{name}`` returns one query's JSON, to callers on the worker's host or with a
+service key (it holds every listener's data). Assets are served from this folder and
 Plotly's own bundled file (no CDN: machines are offline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 from collections.abc import Callable
@@ -138,9 +140,20 @@ def api(clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
     }
 
 
+def operator(request: faust.web.Request, keys: frozenset[str]) -> bool:
+    """The dashboard's data is every listener's: it answers callers on the worker's own host
+    (ops with a port-forward or an SSH tunnel) and callers with a service key, nobody else."""
+    peer = (request.remote or "").removeprefix("::ffff:")
+    if peer == "::1" or peer.startswith("127."):
+        return True
+    given = request.headers.get("X-API-Key", "")
+    return bool(given) and any(hmac.compare_digest(given, k) for k in keys)
+
+
 def register_dashboard(app: faust.App, clickhouse: ClickHouseStore, redis_store: GamificationStore | None,
                        catalogue: Catalogue | None = None,
-                       behaviour: Callable[[str | None], dict[str, Any]] | None = None) -> None:
+                       behaviour: Callable[[str | None], dict[str, Any]] | None = None,
+                       keys: frozenset[str] = frozenset()) -> None:
     handlers = api(clickhouse, redis_store, catalogue, behaviour)
     page = (STATIC / "index.html").read_text()
 
@@ -167,6 +180,9 @@ def register_dashboard(app: faust.App, clickhouse: ClickHouseStore, redis_store:
 
     @app.page("/api/dashboard/{name}")
     async def data(web: faust.web.View, request: faust.web.Request, name: str) -> faust.web.Response:
+        if not operator(request, keys):
+            return web.json({"error": "the dashboard's data is for operators: open it from the worker's host "
+                                      "(e.g. kubectl port-forward) or send X-API-Key"}, status=401)
         handler = handlers.get(name)
         if handler is None:
             return web.json({"error": f"unknown view {name!r}; one of {sorted(handlers)}"}, status=404)

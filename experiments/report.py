@@ -150,7 +150,9 @@ def from_worker(url: str, name: str, primary: str | None, mde: float, churn_days
     q = f"{url.rstrip('/')}/api/dashboard/experiment?name={urllib.parse.quote(name)}&mde={mde}&churn_days={churn_days}"
     if primary:
         q += f"&primary={urllib.parse.quote(primary)}"
-    with urllib.request.urlopen(q, timeout=120) as r:  # noqa: S310 (our own worker)
+    from streams.settings import service_headers
+
+    with urllib.request.urlopen(urllib.request.Request(q, headers=service_headers()), timeout=120) as r:  # noqa: S310
         return json.loads(r.read())
 
 

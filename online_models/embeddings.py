@@ -188,7 +188,11 @@ def train_on_plays(plays: dict[tuple[str, str], list[int]], genre_of: Any, **kw:
 
 
 def from_worker(url: str, days: float) -> pd.DataFrame:
-    with urllib.request.urlopen(f"{url.rstrip('/')}/api/dashboard/interactions?days={int(days)}", timeout=300) as r:
+    from streams.settings import service_headers
+
+    req = urllib.request.Request(f"{url.rstrip('/')}/api/dashboard/interactions?days={int(days)}",
+                                 headers=service_headers())
+    with urllib.request.urlopen(req, timeout=300) as r:
         return pd.DataFrame(json.loads(r.read()), columns=COLUMNS)
 
 

@@ -7,6 +7,7 @@ set ``ENCORE_KAFKA_BOOTSTRAP``, ``ENCORE_REDIS_URL`` and ``ENCORE_CLICKHOUSE_DSN
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -164,3 +165,10 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides on top (tests use these)."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def service_headers() -> dict[str, str]:
+    """For a client of a worker's operator data on another host (the embedding job, the
+    experiment report): the first service key of ENCORE_API_KEYS, when set."""
+    keys = sorted(k.strip() for k in os.environ.get("ENCORE_API_KEYS", "").split(",") if k.strip())
+    return {"X-API-Key": keys[0]} if keys else {}

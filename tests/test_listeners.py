@@ -370,3 +370,16 @@ def test_a_journey_leads_the_slates_step_by_step_to_its_target(worker, settings)
         wait("the next step", lambda k=k: call(url + f"/v1/users/{fay}/journey", token=token)[1]["journey"]["position"]
              == k + 1)
     assert call(url + f"/v1/users/{fay}/journey", "DELETE", token=token)[1]["journey"] is None
+
+
+def test_the_dashboard_data_answers_the_worker_host_and_service_keys_only() -> None:
+    from types import SimpleNamespace
+
+    from dashboard.web import operator
+
+    keys = frozenset({"k1"})
+    assert operator(SimpleNamespace(remote="127.0.0.1", headers={}), keys)
+    assert operator(SimpleNamespace(remote="::1", headers={}), keys)
+    assert not operator(SimpleNamespace(remote="10.1.2.3", headers={}), keys)  # another pod: every listener's data
+    assert not operator(SimpleNamespace(remote="10.1.2.3", headers={"X-API-Key": "nope"}), keys)
+    assert operator(SimpleNamespace(remote="10.1.2.3", headers={"X-API-Key": "k1"}), keys)
