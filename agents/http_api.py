@@ -432,6 +432,12 @@ def _error(web: faust.web.View, status: int, message: str, problems: list[Proble
     return _json(web, ErrorBody(error=message, problems=problems or []), status)
 
 
+def not_here(web: faust.web.View, user: str) -> faust.web.Response:
+    """404 from a worker that does not hold the listener's recommender state."""
+    return _error(web, 404, f"this worker holds no recommender state for {user!r}: ask the worker that owns the "
+                            "listener's events partition (see /readyz partitions)")
+
+
 def register_api(app: faust.App, settings: Settings, *, events_topic: faust.TopicT, serde: Serde,
                  slates: SlateCache, gamification: GamificationStore | None, readiness: Any,
                  listener_model: Any = None, listeners: ListenerStore | None = None,
@@ -658,8 +664,7 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
                 return refused
             got = await build_lists(user) if build_lists is not None else None
             if got is None:
-                return _error(self, 404, f"this worker does not hold {user!r}: ask the worker that owns the listener's "
-                                         "events partition (see /readyz partitions)")
+                return not_here(self, user)
             return _json(self, Lists.model_validate(got), 200)
 
     app.page("/v1/users/{user}/lists")(ListsView)
@@ -672,8 +677,7 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
             except ValueError as exc:
                 return _error(self, 400, str(exc))
             if got is None:
-                return _error(self, 404, f"this worker does not hold {user!r}: ask the worker that owns the listener's "
-                                         "events partition (see /readyz partitions)")
+                return not_here(self, user)
             return _json(self, Journeys.model_validate(got), 200)
 
         async def get(self, request: faust.web.Request, user: str) -> faust.web.Response:
@@ -784,8 +788,7 @@ def register_api(app: faust.App, settings: Settings, *, events_topic: faust.Topi
             return refused
         got = listener_model(user) if listener_model is not None else None
         if got is None:
-            return _error(web, 404, f"this worker holds no recommender state for {user!r}; ask the worker that "
-                                    "owns the listener's events partition (see /readyz partitions)")
+            return not_here(web, user)
         return _json(web, ListenerModel.model_validate(got), 200)
 
     @app.page("/v1/tracks")

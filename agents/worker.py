@@ -249,10 +249,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     lists_due: set[str] = set()  # listeners active since their lists were last looked at
     friends_seen: TTLCache[str, FriendTracks | None] = TTLCache(maxsize=200_000, ttl=settings.friends_cache_s)
 
-    async def friends_listening(events: list[Any]) -> dict[str, FriendTracks]:
+    async def friends_listening(users: set[str]) -> dict[str, FriendTracks]:
         """What the requesters' friends finished lately, from the listener store (cached a while).
         The friends source is a nicety: with Redis away the slates are decided without it."""
-        users = {e.user_id for e in events if e.kind == Kind.REC_REQUEST}
         missing = [u for u in users if u not in friends_seen]
         if missing:
             try:
@@ -281,9 +280,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 records = [RawRecord(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                                      e.message.value) for e in batch]
                 decoded = decode(records, state, now)
-                known = await delivery.published(requests(decoded, state))  # answered before: same slate
-                social = await friends_listening(decoded.events) if settings.friends_enabled else None
-                lists_due.update(e.user_id for e in decoded.events if e.kind == Kind.REC_REQUEST)
+                wanted = requests(decoded, state)
+                known = await delivery.published(wanted)  # answered before: same slate
+                asking = {user for user, _ in wanted}
+                social = await friends_listening(asking) if settings.friends_enabled and asking else None
+                lists_due.update(asking)
                 out = process_batch(records, state, now, decoded, known, social)
                 if known:
                     metrics.slates_again.labels("replayed").inc(len(known))

@@ -4,6 +4,7 @@ started once per test session through the same code as `make up` (deploy.local).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +58,12 @@ def worker(stack: Stack) -> tuple[Settings, str]:
     """One real worker process for the session (it owns the session's chDB store)."""
     return start_worker(stack, "worker-e2e", max_record_bytes=MAX_RECORD, snapshot_interval_s=2.0,
                         api_keys=API_KEY, embeddings_poll_s=1.0)
+
+
+def wait(what: str, check, timeout: float = 90.0, every: float = 0.3):  # type: ignore[no-untyped-def]
+    """Poll ``check`` until it returns something truthy (returned), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+    return got

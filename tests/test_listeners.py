@@ -22,7 +22,7 @@ import redis
 from agents.auth import Denied, issue, listener_of
 from deploy.local.stack import Stack, _stop, settings_env
 from sinks.listeners import ListenerStore
-from tests.conftest import API_KEY, start_worker
+from tests.conftest import API_KEY, start_worker, wait
 
 pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,14 +41,6 @@ def call(url: str, method: str = "GET", body: object = None, *, key: str | None 
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
-
-
-def wait(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (got := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-    return got
 
 
 def events(user: str, n_plays: int, session: str = "s-1") -> list[dict]:

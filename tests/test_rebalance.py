@@ -5,7 +5,6 @@ worker is joined on the new one)."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,7 +17,7 @@ from schemas.events import Interaction, Kind, Recommendation, RewardRecord
 from schemas.wire import Serde
 from streams.client import EventProducer
 from streams.simulator import synthetic_catalogue
-from tests.conftest import API_KEY, start_worker
+from tests.conftest import API_KEY, start_worker, wait
 from tests.test_e2e import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -31,14 +30,6 @@ def get(url: str) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
-
-
-def wait(what: str, check, timeout: float = 90):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (got := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return got
 
 
 def test_a_moved_partition_brings_its_listeners_profiles_and_open_decisions(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
