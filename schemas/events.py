@@ -38,13 +38,13 @@ class Kind(StrEnum):
     PLAYLIST_ADD = "playlist_add"
     SHARE = "share"
     FOLLOW_ARTIST = "follow_artist"
-    UNFOLLOW_ARTIST = "unfollow_artist"
     THUMBS_UP = "thumbs_up"
     THUMBS_DOWN = "thumbs_down"
     RATING = "rating"
     REC_REQUEST = "rec_request"
     FOLLOW_USER = "follow_user"
     UNFOLLOW_USER = "unfollow_user"
+    UNFOLLOW_ARTIST = "unfollow_artist"  # new symbols go last: Avro writes an enum by its position
 
 
 #: kinds that are about one track and so must carry ``track_id``
