@@ -103,14 +103,16 @@ class ListenerStore:
             value = ms if follows else -ms
             self._edge(keys=[f"{self._tag(user)}:fr"], args=[friend, value], client=pipe)
             self._edge(keys=[f"{self._tag(friend)}:fo"], args=[user, value], client=pipe)
-        for user, track, ms in social.completions:
-            key = f"{self._tag(user)}:rp"
-            pipe.zadd(key, {track: ms}, gt=True)
-            pipe.zremrangebyrank(key, 0, -RECENT_KEPT - 1)
-        for user, item, ms in social.activity:
-            key = f"{self._tag(user)}:act"
-            pipe.zadd(key, {item: ms})
-            pipe.zremrangebyrank(key, 0, -ACTIVITY_KEPT - 1)
+        for suffix, rows, kept, newer in (("rp", social.completions, RECENT_KEPT, True),
+                                          ("act", social.activity, ACTIVITY_KEPT, False)):
+            by_user: dict[str, dict[str, int]] = {}
+            for user, member, ms in rows:  # one ZADD and one trim per listener and batch
+                got = by_user.setdefault(user, {})
+                got[member] = max(ms, got.get(member, ms))
+            for user, members in by_user.items():
+                key = f"{self._tag(user)}:{suffix}"
+                pipe.zadd(key, members, gt=newer)
+                pipe.zremrangebyrank(key, 0, -kept - 1)
         pipe.execute()
 
     def following(self, users: Iterable[str]) -> dict[str, list[str]]:
