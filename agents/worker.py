@@ -249,20 +249,32 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
     lists_due: set[str] = set()  # listeners active since their lists were last looked at
     friends_seen: TTLCache[str, FriendTracks | None] = TTLCache(maxsize=200_000, ttl=settings.friends_cache_s)
 
-    async def friends_listening(users: set[str]) -> dict[str, FriendTracks]:
-        """What the requesters' friends finished lately, from the listener store (cached a while).
-        The friends source is a nicety: with Redis away the slates are decided without it."""
-        missing = [u for u in users if u not in friends_seen]
+    friends_asked: set[str] = set()  # listeners whose friends' listening is being read
+    friends_tasks: set[asyncio.Task[None]] = set()
+
+    async def read_friends(users: list[str]) -> None:
+        try:
+            got = await asyncio.to_thread(listeners.friends_listening, users)
+        except redis.RedisError as exc:
+            metrics.step_failures.labels("friends").inc()
+            log.warning("friends' listening not read (%s); slates go without it until Redis answers", exc,
+                        extra={"step": "friends"})
+            got = {}
+        finally:
+            friends_asked.difference_update(users)
+        for user, pairs in got.items():
+            friends_seen[user] = friend_tracks(pairs, catalogue)
+
+    def friends_listening(users: set[str]) -> dict[str, FriendTracks]:
+        """What the requesters' friends finished lately, as far as the cache knows now. Listeners
+        it does not know are read from the listener store in the background (their next slates
+        have it): the friends source is a nicety and never makes a batch wait for Redis."""
+        missing = [u for u in users if u not in friends_seen and u not in friends_asked]
         if missing:
-            try:
-                got = await asyncio.to_thread(listeners.friends_listening, missing)
-            except redis.RedisError as exc:
-                metrics.step_failures.labels("friends").inc()
-                log.warning("friends' listening not read (%s); these slates go without it", exc,
-                            extra={"step": "friends"})
-                got = {}
-            for user, pairs in got.items():
-                friends_seen[user] = friend_tracks(pairs, catalogue)
+            friends_asked.update(missing)
+            task = asyncio.ensure_future(read_friends(missing))
+            friends_tasks.add(task)
+            task.add_done_callback(friends_tasks.discard)
         return {u: t for u in users if (t := friends_seen.get(u)) is not None}
 
     @app.agent(events_topic, name="ingest")
@@ -283,7 +295,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> faus
                 wanted = requests(decoded, state)
                 known = await delivery.published(wanted)  # answered before: same slate
                 asking = {user for user, _ in wanted}
-                social = await friends_listening(asking) if settings.friends_enabled and asking else None
+                social = friends_listening(asking) if settings.friends_enabled and asking else None
                 lists_due.update(asking)
                 out = process_batch(records, state, now, decoded, known, social)
                 if known:
