@@ -274,8 +274,11 @@ def test_worker_awards_karma_once_and_malformed_events_change_nothing(worker) ->
     assert store.rank(user) is not None
     events = karma_events(read_topic(settings, "encore.gamification", lambda r: len(karma_events(r)) >= 4))
     deltas = [g for g in events if g.karma_delta]
-    assert sorted(g.event_id for g in deltas) == sorted(p.event_id for p in plays)
-    assert deltas[-1].karma_total == profile["karma"]
+    # a redelivered event may re-emit its output (at-least-once), but identically: one per event id
+    once = {g.event_id: g.model_dump(exclude={"created_at"}) for g in deltas}
+    assert all(g.model_dump(exclude={"created_at"}) == once[g.event_id] for g in deltas)
+    assert sorted(once) == sorted(p.event_id for p in plays)
+    assert max(g.karma_total for g in deltas) == profile["karma"]  # a re-emission carries its own, earlier total
     assert any(g.avatar_unlocked == "basic-headphones" for g in events)
     dead = read_topic(settings, "encore.events.dlq",
                       lambda r: sum(SERDE.decode(m.value(), DeadLetter).raw in malformed for m in r) >= 2)
